@@ -1,0 +1,220 @@
+"""Typed config schema: dataclasses registered in Hydra's ConfigStore, plus value checks.
+
+The schema makes a typo fail at composition (``Key 'temprature' not in 'SamplingConfig'``), before a sweep
+starts; ``validate`` then checks values and raises ``ConfigError`` with one line naming the key, the value and
+the fix. Every key here is read by code: add one only together with the code that reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """Bad user input; the message is one line that names the config key, the value and the fix."""
+
+
+@dataclass
+class InstructionSampling:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 512
+
+
+@dataclass
+class ResponseSampling:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 1024
+    repetition_penalty: float = 1.0
+
+
+@dataclass
+class GeneratorConfig:
+    name: str = MISSING  # short name used in record ids and provenance
+    model: str = MISSING  # local folder, "embedded:<name>", or a hub id (resolved by vLLM / transformers)
+    chat_template: str | None = None  # Jinja text or a .jinja path; default: the tokenizer's own
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {enable_thinking: false} for Qwen3
+    pre_query_template: str | None = None  # verbatim override where the official table deliberately differs
+    stop_token_ids: list[int] | None = None  # default: eos + the special tokens of the turn boundaries
+    stop_strings: list[str] = field(default_factory=list)
+    single_line: bool = False  # stop instructions at the first newline (the official "early stopping")
+    sanitize: str | None = None  # official clean-up rules: llama3 | gemma2 | null
+    ban_first_tokens: list[str] = field(default_factory=list)  # e.g. markdown headers for Llama-3.1
+    instruction: InstructionSampling = field(default_factory=InstructionSampling)
+    response: ResponseSampling = field(default_factory=ResponseSampling)
+    max_model_len: int = 4096
+    tensor_parallel_size: int = 1
+    trust_remote_code: bool = False  # only ever true when a config says so for a named model
+
+
+@dataclass
+class EngineConfig:
+    type: str = "vllm"  # vllm | hf | openai
+    dtype: str = "auto"  # vllm, hf; auto = bfloat16 on GPU and on CPUs with native bf16, else float32
+    enforce_eager: bool = False  # vllm: skip compilation (fast start, ~10-20% slower decode)
+    cpu_kv_cache_gib: int = 2  # vllm on CPU (whole GiB)
+    cpu_cores: int | None = None  # vllm on CPU: bind cores 0..N-1 (null = all cores)
+    gpu_memory_utilization: float = 0.9  # vllm on GPU
+    max_num_seqs: int | None = None  # vllm
+    batch_size: int = 64  # hf
+    num_threads: int = 1  # hf: torch threads
+    base_urls: list[str] = field(default_factory=list)  # openai
+    served_model_name: str | None = None  # openai: default is generator.model
+    api_key_env: str | None = None  # openai: the environment variable holding the key
+    max_concurrency: int = 8  # openai
+    timeout_s: float = 600.0  # openai
+    max_retries: int = 5  # openai
+
+
+@dataclass
+class GridCell:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    count: int = MISSING
+
+
+@dataclass
+class SystemPrompt:
+    name: str = MISSING  # control task name recorded in provenance ("math", "code", "zh", ...)
+    text: str | None = MISSING  # null = the chat template's own default (no control)
+    weight: float = 1.0
+
+
+@dataclass
+class MultiTurnConfig:
+    num_turns: int = 1  # total user turns per multi-turn conversation (1 = single-turn only)
+    fraction: float = 0.0  # share of conversations extended to num_turns
+    # System prompt shown while the model writes follow-up questions (our wording of the paper's Fig. 14).
+    system_prompt: str | None = (
+        "You are a helpful AI assistant. The user will hold a multi-round conversation with you: "
+        "they ask an initial question and then follow-up questions related to it. "
+        "Give thorough, relevant and insightful answers."
+    )
+
+
+@dataclass
+class GenerateConfig:
+    count: int | None = 240  # records to write (null when generate.grid gives counts)
+    grid: list[GridCell] = field(default_factory=list)  # instruction sampling grid (paper Table 7)
+    samples_per_request: int = 64  # n samples per engine request from the one shared prefix
+    shard_size: int = 120  # records per shard: the unit of resume and of parallel work
+    oversample: float = 1.3  # sample this multiple of the missing count each round (drops get replaced)
+    max_rounds: int = 8  # rounds per shard before giving up on filling it
+    system_prompts: list[SystemPrompt] = field(default_factory=list)  # control tasks; empty = template default
+    multi_turn: MultiTurnConfig = field(default_factory=MultiTurnConfig)
+    export: list[str] = field(default_factory=lambda: ["messages", "sharegpt", "hf", "parquet"])
+    include_system: bool = False  # keep the steering system turn in exported conversations
+
+
+@dataclass
+class PathsConfig:
+    outputs: str = "outputs"  # stage folders go to <outputs>/stages/<stage>/<config hash>
+    cache_dir: str = MISSING  # converted embedded models, vLLM/inductor caches
+
+
+@dataclass
+class MagpieConfig:
+    stage: str = "generate"
+    seed: int = 0
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    response_generator: GeneratorConfig | None = None  # default: the instruction generator
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+
+STAGES = ("generate",)
+ENGINES = ("vllm", "hf", "openai")
+DTYPES = ("bfloat16", "float16", "float32", "auto")
+
+
+def register_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(name="magpie_schema", node=MagpieConfig)
+    store.store(group="generator", name="generator_schema", node=GeneratorConfig)
+    store.store(group="engine", name="engine_schema", node=EngineConfig)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _validate_generator(prefix: str, gen: GeneratorConfig) -> None:
+    from magpie_exp.sanitize import FAMILIES
+
+    _check(gen.sanitize is None or gen.sanitize in FAMILIES,
+           f"{prefix}.sanitize must be one of {', '.join(FAMILIES)} or null; got {gen.sanitize!r}")
+    ins, res = gen.instruction, gen.response
+    for key, value in (("instruction.temperature", ins.temperature), ("response.temperature", res.temperature)):
+        _check(value >= 0, f"{prefix}.{key} must be >= 0; got {value}")
+    for key, value in (("instruction.top_p", ins.top_p), ("response.top_p", res.top_p)):
+        _check(0 < value <= 1, f"{prefix}.{key} must be in (0, 1]; got {value}")
+    for key, value in (("instruction.max_tokens", ins.max_tokens), ("response.max_tokens", res.max_tokens)):
+        _check(value >= 1, f"{prefix}.{key} must be >= 1; got {value}")
+    _check(gen.tensor_parallel_size >= 1, f"{prefix}.tensor_parallel_size must be >= 1; got {gen.tensor_parallel_size}")
+    _check(gen.max_model_len >= 16, f"{prefix}.max_model_len must be >= 16; got {gen.max_model_len}")
+
+
+def validate(cfg: MagpieConfig) -> MagpieConfig:
+    """Check values the schema's types cannot; raise ``ConfigError`` naming key, value and fix."""
+    _check(cfg.stage in STAGES, f"stage must be one of {', '.join(STAGES)}; got {cfg.stage!r}")
+    _validate_generator("generator", cfg.generator)
+    if cfg.response_generator is not None:
+        _validate_generator("response_generator", cfg.response_generator)
+    eng = cfg.engine
+    _check(eng.type in ENGINES, f"engine.type must be one of {', '.join(ENGINES)}; got {eng.type!r}")
+    _check(eng.dtype in DTYPES, f"engine.dtype must be one of {', '.join(DTYPES)}; got {eng.dtype!r}")
+    _check(eng.batch_size >= 1, f"engine.batch_size must be >= 1; got {eng.batch_size}")
+    _check(eng.max_concurrency >= 1, f"engine.max_concurrency must be >= 1; got {eng.max_concurrency}")
+    _check(eng.max_retries >= 0, f"engine.max_retries must be >= 0; got {eng.max_retries}")
+    _check(eng.type != "openai" or bool(eng.base_urls),
+           "engine.base_urls is empty; give the vLLM servers, e.g. 'engine.base_urls=[http://127.0.0.1:8000]'")
+    g = cfg.generate
+    _check(g.samples_per_request >= 1, f"generate.samples_per_request must be >= 1; got {g.samples_per_request}")
+    _check(g.shard_size >= 1, f"generate.shard_size must be >= 1; got {g.shard_size}")
+    _check(g.oversample >= 1.0, f"generate.oversample must be >= 1.0; got {g.oversample}")
+    _check(g.max_rounds >= 1, f"generate.max_rounds must be >= 1; got {g.max_rounds}")
+    if g.grid:
+        for i, cell in enumerate(g.grid):
+            _check(cell.count >= 1, f"generate.grid[{i}].count must be >= 1; got {cell.count}")
+            _check(cell.temperature >= 0, f"generate.grid[{i}].temperature must be >= 0; got {cell.temperature}")
+            _check(0 < cell.top_p <= 1, f"generate.grid[{i}].top_p must be in (0, 1]; got {cell.top_p}")
+        total = sum(cell.count for cell in g.grid)
+        _check(g.count is None or g.count == total,
+               f"generate.count ({g.count}) disagrees with the sum of generate.grid counts ({total}); "
+               "set generate.count=null or drop the grid")
+    else:
+        _check(g.count is not None and g.count >= 1,
+               f"generate.count must be >= 1 (or give generate.grid); got {g.count}")
+    for i, sp in enumerate(g.system_prompts):
+        _check(sp.weight > 0, f"generate.system_prompts[{i}].weight must be > 0; got {sp.weight}")
+        _check(sp.text is None or bool(sp.text.strip()),
+               f"generate.system_prompts[{i}].text is empty; give the system prompt text, or null for the template default")
+    mt = g.multi_turn
+    _check(mt.num_turns >= 1, f"generate.multi_turn.num_turns must be >= 1; got {mt.num_turns}")
+    _check(0 <= mt.fraction <= 1, f"generate.multi_turn.fraction must be in [0, 1]; got {mt.fraction}")
+    from magpie_exp.records import EXPORT_FORMATS
+
+    unknown = sorted(set(g.export) - set(EXPORT_FORMATS))
+    _check(not unknown, f"generate.export has unknown format(s) {unknown}; choose from {list(EXPORT_FORMATS)}")
+    return cfg
+
+
+def to_schema(cfg: DictConfig | MagpieConfig) -> MagpieConfig:
+    """Turn a composed DictConfig into checked dataclasses (a plain ``MagpieConfig`` passes through)."""
+    if isinstance(cfg, MagpieConfig):
+        return validate(cfg)
+    merged = OmegaConf.merge(OmegaConf.structured(MagpieConfig), cfg)
+    return validate(cast(MagpieConfig, OmegaConf.to_object(merged)))
+
+
+def as_plain(obj: Any) -> Any:
+    """Dataclass config -> plain JSON-able dict."""
+    return OmegaConf.to_container(OmegaConf.structured(obj), resolve=True)

