@@ -522,34 +522,35 @@ def run_generate(
     check_writable(Path(cfg.paths.outputs), "paths.outputs")
     stage_dir = Path(stage_dir) if stage_dir is not None else stage_dir_for(cfg)
     payload = stage_config(cfg)
-    store = ShardStore(stage_dir, "generate", config_hash(payload), payload)
     plans = plan_shards(cfg)
     total = sum(p.size for p in plans)
     export_dir = stage_dir / "export"
-    if store.complete and not store.verify() and all(
-        (export_dir / EXPORT_FILES[f]).exists() for f in cfg.generate.export
-    ):
-        log.info("cache hit: generate stage %s is complete (%d records)", stage_dir, store.record_count())
-        stats = json.loads((stage_dir / "stats.json").read_text())
-        return GenerateResult(stage_dir, stats, {f: str(export_dir / EXPORT_FILES[f]) for f in cfg.generate.export}, True)
+    exports_present = all((export_dir / EXPORT_FILES[f]).exists() for f in cfg.generate.export)
+    if (stage_dir / "manifest.json").exists() and exports_present:
+        store = ShardStore(stage_dir, "generate", config_hash(payload), payload)
+        if store.complete and not store.verify():
+            log.info("cache hit: generate stage %s is complete (%d records)", stage_dir, store.record_count())
+            stats = json.loads((stage_dir / "stats.json").read_text())
+            return GenerateResult(stage_dir, stats, {f: str(export_dir / EXPORT_FILES[f]) for f in cfg.generate.export}, True)
 
-    store.verify()
-    todo = [p for p in plans if p.name not in store.done()]
-    log.info("generate stage %s: %d records in %d shards, %d shard(s) to do", stage_dir, total, len(plans), len(todo))
-    if todo:
-        seen: set[str] = {r["id"] for r in store.records()}
-        bar = tqdm(total=total, initial=store.record_count(), unit="rec", desc="generate", disable=not show_progress,
-                   dynamic_ncols=True, smoothing=0.1)
-        stage = GenerateStage(cfg, engines, progress=bar)
-        try:
-            stage.prepare()
-            for plan in todo:
-                records, meta = stage.make_shard(plan, seen)
-                store.write_shard(plan.name, records, meta)
-                bar.update(len(records))
-        finally:
-            bar.close()
-            stage.close()
+    stage = GenerateStage(cfg, engines)
+    try:
+        stage.prepare()  # bad models and templates fail here, before anything is written
+        store = ShardStore(stage_dir, "generate", config_hash(payload), payload)
+        store.verify()
+        todo = [p for p in plans if p.name not in store.done()]
+        log.info("generate stage %s: %d records in %d shards, %d shard(s) to do", stage_dir, total, len(plans), len(todo))
+        if todo:
+            seen: set[str] = {r["id"] for r in store.records()}
+            with tqdm(total=total, initial=store.record_count(), unit="rec", desc="generate", disable=not show_progress,
+                      dynamic_ncols=True, smoothing=0.1) as bar:
+                stage.progress = bar
+                for plan in todo:
+                    records, meta = stage.make_shard(plan, seen)
+                    store.write_shard(plan.name, records, meta)
+                    bar.update(len(records))
+    finally:
+        stage.close()
     stats = aggregate_stats(store, total)
     if stats["records"] != total:
         raise RuntimeError(f"generate wrote {stats['records']} records, expected {total}; rerun to redo missing shards")
