@@ -161,3 +161,15 @@ def test_hf_engine_matches_vllm_greedy_and_reports_finish(vllm_engine, smollm2_d
     assert "Paris" in hf_out.text and hf_out.finish_reason == "stop"
     short = hf.generate([Request(prompt, SamplingSpec(n=2, temperature=1.0, max_tokens=3, seed=1))])[0]
     assert [c.finish_reason for c in short] == ["length", "length"] and all(c.token_count == 3 for c in short)
+
+
+def test_seeded_long_prompts_overflowing_the_token_budget(vllm_engine, tmp_path) -> None:
+    # Regression: vLLM 0.32 on CPU died with "CPU Generator does not use offset" when a seeded request's
+    # prefill was chunked; 16 seeded prompts of ~400 tokens overflow the 4096-token step budget.
+    side = load_side("generator", schema().generator, tmp_path)
+    prompts = [side.encode(side.templates.pre_query + f"Tell me about bread number {i}. " * 40 + side.templates.post_query)
+               for i in range(16)]  # distinct, so prefix caching cannot shrink the prefill
+    assert min(len(p) for p in prompts) > 300
+    requests = [Request(p, SamplingSpec(n=1, temperature=1.0, max_tokens=4, seed=i)) for i, p in enumerate(prompts)]
+    outs = vllm_engine.generate(requests)
+    assert len(outs) == 16 and all(out[0].token_count >= 1 for out in outs)

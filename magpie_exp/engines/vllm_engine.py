@@ -56,6 +56,12 @@ class VLLMEngine(Engine):
         )
         if cfg.max_num_seqs is not None:
             kwargs["max_num_seqs"] = cfg.max_num_seqs
+        if not torch.cuda.is_available():
+            # vLLM 0.32 rewinds a seeded request's generator when a chunked prefill discards its sample, and CPU
+            # torch generators cannot rewind ("CPU Generator does not use offset"): the engine dies as soon as a
+            # batch of seeded prompts overflows the token budget. Without chunked prefill that never happens.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(generator.max_model_len, 4096)
         log.info("starting vLLM %s on %s (%s, eager=%s)", _vllm_version(), model_path, dtype, cfg.enforce_eager)
         self.llm = LLM(**kwargs)
         self.info = EngineInfo(kind="vllm", version=_vllm_version(), model=model_path, extra={"dtype": dtype})

@@ -1,0 +1,109 @@
+"""The OpenAI-compatible engine against a real ``vllm serve`` of SmolLM2 on loopback (raw completions with
+token-id prompts, vLLM's extra fields, the first-token ban through ``vllm_xargs``), and its error handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import CACHE, schema
+from magpie_exp.engines import Request, SamplingSpec
+from magpie_exp.engines.openai_engine import OpenAIEngine
+from magpie_exp.generate import load_side, run_generate
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def vllm_server(smollm2_dir, tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CACHE_ROOT": str(CACHE / "vllm")}
+    cmd = [str(Path(sys.executable).with_name("vllm")), "serve", str(smollm2_dir), "--host", "127.0.0.1",
+           "--port", str(port), "--enforce-eager", "--max-model-len", "1024", "--dtype", "float32",
+           "--served-model-name", "smollm2", "--logits-processors", "magpie_exp.engines.logits:FirstTokenBan"]
+    with log.open("w") as handle:
+        proc = subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail("vllm serve exited: " + log.read_text()[-3000:])
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail("vllm serve did not come up in 300 s: " + log.read_text()[-3000:])
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.mark.slow
+def test_generate_stage_over_a_real_vllm_server(vllm_server, tmp_path) -> None:
+    cfg = schema("engine=openai", f"engine.base_urls=[{vllm_server}]", "engine.served_model_name=smollm2",
+                 f"paths.outputs={tmp_path}", "generate.count=6", "generate.shard_size=6",
+                 "generate.multi_turn.fraction=0.5", "generator.instruction.max_tokens=64",
+                 "generator.response.max_tokens=32")
+    result = run_generate(cfg, show_progress=False)
+    records = [json.loads(x) for x in next((result.stage_dir / "shards").glob("*.jsonl")).read_text().splitlines()]
+    assert len(records) == 6 and len({r["id"] for r in records}) == 6
+    assert result.stats["multi_turn_records"] >= 1
+    for r in records:
+        assert r["gen"]["engine"] == "openai"
+        assert r["gen"]["turns"][0]["instruction_finish_reason"] == "stop"
+        assert 0 < r["gen"]["turns"][0]["response_tokens"] <= 32
+
+
+@pytest.mark.slow
+def test_first_token_ban_and_token_counts_over_http(vllm_server, tmp_path) -> None:
+    side = load_side("generator", schema().generator, tmp_path)
+    engine = OpenAIEngine(schema("engine=openai", f"engine.base_urls=[{vllm_server}]",
+                                 "engine.served_model_name=smollm2").engine, side.cfg, "smollm2", 0)
+    prefix = side.encode(side.templates.pre_query)
+    first = engine.generate([Request(prefix, SamplingSpec(n=1, temperature=0.0, max_tokens=1))])[0][0].text
+    banned = tuple(side.tokenizer.encode(first, add_special_tokens=False))
+    outs = engine.generate([Request(prefix, SamplingSpec(n=16, temperature=1.0, max_tokens=1, seed=3,
+                                                         ban_first_token_ids=banned))])[0]
+    assert len(outs) == 16 and all(c.text != first for c in outs)
+    sized = engine.generate([Request(prefix, SamplingSpec(n=2, temperature=1.0, max_tokens=5, seed=3))])[0]
+    assert all(c.token_count == 5 and c.finish_reason == "length" for c in sized)
+
+
+def test_unreachable_server_fails_after_retries(tmp_path) -> None:
+    cfg = schema("engine=openai", f"engine.base_urls=[http://127.0.0.1:{_free_port()}]", "engine.max_retries=1")
+    engine = OpenAIEngine(cfg.engine, cfg.generator, "x", 0)
+    started = time.time()
+    with pytest.raises(RuntimeError, match="all 2 attempts failed"):
+        engine.generate([Request([1, 2, 3], SamplingSpec())])
+    assert time.time() - started < 30
+
+
+def test_api_key_comes_from_the_environment_only(monkeypatch) -> None:
+    cfg = schema("engine=openai", "engine.api_key_env=MAGPIE_TEST_KEY")
+    monkeypatch.delenv("MAGPIE_TEST_KEY", raising=False)
+    with pytest.raises(ValueError, match=r"engine.api_key_env names \$MAGPIE_TEST_KEY, which is not set"):
+        OpenAIEngine(cfg.engine, cfg.generator, "x", 0)
+    monkeypatch.setenv("MAGPIE_TEST_KEY", "sk-secret")
+    engine = OpenAIEngine(cfg.engine, cfg.generator, "x", 0)
+    assert engine.client.headers["Authorization"] == "Bearer sk-secret"
+    assert "sk-secret" not in json.dumps(schema("engine=openai", "engine.api_key_env=MAGPIE_TEST_KEY").engine.__dict__)
