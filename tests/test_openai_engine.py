@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -31,7 +30,8 @@ def vllm_server(smollm2_dir, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "serve.log"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CACHE_ROOT": str(CACHE / "vllm")}
-    cmd = [str(Path(sys.executable).with_name("vllm")), "serve", str(smollm2_dir), "--host", "127.0.0.1",
+    # The `vllm` CLI of vllm-cpu 0.32 looks up the distribution "vllm" and dies; the module entry point works.
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(smollm2_dir), "--host", "127.0.0.1",
            "--port", str(port), "--enforce-eager", "--max-model-len", "1024", "--dtype", "float32",
            "--served-model-name", "smollm2", "--logits-processors", "magpie_exp.engines.logits:FirstTokenBan"]
     with log.open("w") as handle:

