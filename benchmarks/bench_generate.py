@@ -1,13 +1,13 @@
 """Benchmark: the generate stage's generated tokens/s against raw ``vllm.LLM.generate`` and the HF engine.
 
-    make bench                     # or: .venv/bin/python benchmarks/bench_generate.py --count 120
+    make bench                     # or: .venv/bin/python benchmarks/bench_generate.py --count 32
 
 One vLLM engine is built once. The generate stage runs on it (single-turn, so instructions + responses) while
 every engine call it makes is recorded. The very same requests (same token-id prompts, same SamplingParams,
 same batches) are then replayed through raw ``LLM.generate`` and through the Hugging Face engine. Printed:
 tokens/s of each and the ratios stage / raw vLLM (overhead of the framework; target >= 0.95) and HF / raw vLLM.
-Order: stage (records the calls, warms up), raw, stage again (measured), raw; the raw figure is the mean of
-both raw runs, to damp drift on a noisy machine.
+Order: stage (records the calls, warms up), then raw, stage, raw, stage, raw (``--repeats 2``); the figures are
+totals over the measured runs, so drift on a noisy machine hits both sides alike.
 This is a script that prints figures, not a test.
 """
 
@@ -65,9 +65,10 @@ def replay(engine, calls) -> tuple[int, float]:  # noqa: ANN001
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--count", type=int, default=120, help="records the stage writes")
-    parser.add_argument("--shard-size", type=int, default=120)
+    parser.add_argument("--count", type=int, default=32, help="records the stage writes")
+    parser.add_argument("--shard-size", type=int, default=32)
     parser.add_argument("--eager", action="store_true", help="vLLM enforce_eager (faster start, slower decode)")
+    parser.add_argument("--repeats", type=int, default=2, help="measured stage runs (raw runs: one more)")
     parser.add_argument("--skip-hf", action="store_true")
     args = parser.parse_args()
 
@@ -94,25 +95,26 @@ def main() -> None:
     engine = build_engine(cfg.engine, cfg.generator, model, cfg.seed)
     recorder = Recorder(engine)
 
-    # 1) the stage once, recording its engine calls (also warms the engine up)
+    # The stage once, recording its engine calls (also warms the engine up); then raw and stage alternate.
     run_generate(cfg, engines={"generator": recorder}, show_progress=False)
     calls = recorder.calls
-    # 2) raw, 3) the stage again into a fresh folder (measured), 4) raw again
-    raw_tokens, raw_seconds = raw_vllm(engine, calls)
-    cfg.paths.outputs = tempfile.mkdtemp(prefix="magpie-bench-")
-    start = time.perf_counter()
-    result = run_generate(cfg, engines={"generator": engine}, show_progress=False)
-    stage_seconds = time.perf_counter() - start
-    raw_tokens_2, raw_seconds_2 = raw_vllm(engine, calls)
-    stage_tokens = sum(result.stats["tokens"].values())
-    raw_rate = (raw_tokens + raw_tokens_2) / (raw_seconds + raw_seconds_2)
+    raw_runs, stage_runs = [raw_vllm(engine, calls)], []
+    for _ in range(args.repeats):
+        cfg.paths.outputs = tempfile.mkdtemp(prefix="magpie-bench-")
+        start = time.perf_counter()
+        result = run_generate(cfg, engines={"generator": engine}, show_progress=False)
+        stage_runs.append((sum(result.stats["tokens"].values()), time.perf_counter() - start))
+        raw_runs.append(raw_vllm(engine, calls))
+    stage_tokens, stage_seconds = map(sum, zip(*stage_runs, strict=True))
+    raw_tokens, raw_seconds = map(sum, zip(*raw_runs, strict=True))
+    raw_rate = raw_tokens / raw_seconds
     stage_rate = stage_tokens / stage_seconds
     print(f"machine: {os.cpu_count()} cores; engine: vLLM {engine.info.version} {engine.info.extra.get('dtype')} "
           f"eager={args.eager}; {len(calls)} engine calls, {sum(len(c) for c in calls)} requests")
-    print(f"generate stage : {stage_tokens:7d} tokens in {stage_seconds:7.1f} s = {stage_rate:7.1f} tok/s "
-          f"(wall time of the whole stage: sampling, sanitizing, templates, shards, stats, export)")
-    print(f"raw LLM.generate: {raw_tokens:7d} tokens in {raw_seconds:7.1f} s = {raw_tokens / raw_seconds:7.1f} tok/s; "
-          f"repeat {raw_tokens_2} in {raw_seconds_2:.1f} s = {raw_tokens_2 / raw_seconds_2:.1f} tok/s")
+    print(f"generate stage  : {stage_tokens:7d} tokens in {stage_seconds:7.1f} s = {stage_rate:7.1f} tok/s "
+          f"({args.repeats} runs; wall time of the whole stage: templates, sampling, sanitizing, shards, stats, export)")
+    print(f"raw LLM.generate: {raw_tokens:7d} tokens in {raw_seconds:7.1f} s = {raw_rate:7.1f} tok/s "
+          f"({len(raw_runs)} runs: " + ", ".join(f"{t / s:.1f}" for t, s in raw_runs) + " tok/s)")
     print(f"RATIO stage / raw vLLM = {stage_rate / raw_rate:.3f}  (target >= 0.95)")
     engine.close()
     if not args.skip_hf:
