@@ -430,12 +430,15 @@ class GenerateStage:
             entry.pop("id_hint", None)
         messages = ([{"role": "system", "content": conv.system_prompt}] if conv.system_prompt else []) + conv.messages
         engine_info = self._engine(self.ins).info
+        response_info = self._engine(self.res).info
         gen: dict[str, Any] = {
             "instruction_model": self.cfg.generator.name,
             "instruction_model_source": self.cfg.generator.model,
             "response_model": self.res.cfg.name,
             "engine": engine_info.kind,
             "engine_version": engine_info.version,
+            "response_engine": response_info.kind,
+            "response_engine_version": response_info.version,
             "magpie_exp_version": __version__,
             "pre_query_template": conv.pre_query,
             "pre_query_source": "derived" if conv.system_prompt else self.ins.templates.pre_query_source,

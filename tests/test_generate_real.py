@@ -147,6 +147,7 @@ def test_hf_engine_as_a_different_response_model(tmp_path, vllm_engine, smollm2_
     assert len(records) == 4
     for r in records:
         assert r["gen"]["response_model"] == "smollm2-hf-responder"
+        assert r["gen"]["engine"] == "vllm" and r["gen"]["response_engine"] == "hf"
         assert r["messages"][1]["content"] and 0 < r["gen"]["turns"][0]["response_tokens"] <= 24
 
 
