@@ -20,27 +20,18 @@ import math
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterator
 
 from magpie_exp import __version__
-from magpie_exp.config import ConfigError, GeneratorConfig, GridCell, MagpieConfig, as_plain
+from magpie_exp.config import ConfigError, GridCell, MagpieConfig, as_plain
 from magpie_exp.engines import Completion, Engine, Request, SamplingSpec, build_engine
-from magpie_exp.models import resolve_model
+from magpie_exp.generators import Side, load_side
 from magpie_exp.records import EXPORT_FILES, Record, export_records, record_id
 from magpie_exp.sanitize import sanitize_instruction
 from magpie_exp.shards import ShardStore
-from magpie_exp.templates import (
-    ChatTemplates,
-    Render,
-    TemplateError,
-    derive_templates,
-    next_user_prefix,
-    response_prompt,
-    tokenizer_render,
-)
+from magpie_exp.templates import next_user_prefix, response_prompt
 
 log = logging.getLogger(__name__)
 
@@ -72,108 +63,6 @@ def stage_config(cfg: MagpieConfig) -> dict[str, Any]:
     }
 
 
-def _load_chat_template(value: str | None) -> str | None:
-    if value is None:
-        return None
-    path = Path(value).expanduser()
-    if value.endswith(".jinja"):
-        if not path.exists():
-            raise ConfigError(f"generator.chat_template: file '{value}' does not exist; give a .jinja path or the template text")
-        return path.read_text()
-    return value
-
-
-@dataclass
-class Side:
-    """One generator ready to use: tokenizer, template renderer, derived templates, stop and ban ids."""
-
-    key: str  # "generator" or "response_generator", for error messages
-    cfg: GeneratorConfig
-    model_path: str
-    tokenizer: Any
-    render: Render
-    templates: ChatTemplates
-    stop_token_ids: tuple[int, ...]
-    ban_first_token_ids: tuple[int, ...]
-    bos_id: int | None
-    engine: Engine | None = None
-    _prefixes: dict[str | None, tuple[str, list[int]]] = field(default_factory=dict)
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of rendered template text; BOS is added only if the tokenizer wants it and it is absent."""
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        if self.bos_id is not None and (not ids or ids[0] != self.bos_id):
-            ids = [self.bos_id, *ids]
-        return ids
-
-    def prefix(self, system_prompt: str | None) -> tuple[str, list[int]]:
-        """The pre-query template (text and ids) with a control-task system prompt, or the default."""
-        if system_prompt not in self._prefixes:
-            if system_prompt is None:
-                templates = self.templates
-            else:
-                try:
-                    templates = derive_templates(self.render, system_prompt=system_prompt)
-                except TemplateError as exc:
-                    raise ConfigError(f"generate.system_prompts: {self.cfg.name}: {exc}") from exc
-            self._prefixes[system_prompt] = (templates.pre_query, self.encode(templates.pre_query))
-        return self._prefixes[system_prompt]
-
-    def supports_system(self) -> bool:
-        try:
-            derive_templates(self.render, system_prompt="You are a helpful assistant.")
-            return True
-        except TemplateError:
-            return False
-
-
-def _stop_ids(tokenizer: Any, model_path: str, templates: ChatTemplates) -> tuple[int, ...]:
-    """eos ids plus every special token on the turn boundaries (end of turn, next turn's header)."""
-    special = set(tokenizer.all_special_ids)
-    special |= {i for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(tok, "special", False)}
-    ids: list[int] = []
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    try:
-        from transformers import GenerationConfig
-
-        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
-        ids.extend([eos] if isinstance(eos, int) else list(eos or []))
-    except (OSError, ValueError):
-        pass
-    for text in (templates.post_query, templates.end_of_turn or "", templates.mt_append or ""):
-        ids.extend(i for i in tokenizer.encode(text, add_special_tokens=False) if i in special)
-    return tuple(dict.fromkeys(ids))
-
-
-def load_side(key: str, gen: GeneratorConfig, cache_dir: Path) -> Side:
-    """Resolve the model and derive its templates; fails fast (before any engine starts) on bad input."""
-    from transformers import AutoTokenizer
-
-    model_path = resolve_model(gen.model, cache_dir, key=f"{key}.model")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=gen.trust_remote_code)
-    except OSError as exc:
-        raise ConfigError(f"{key}.model: cannot load a tokenizer from '{gen.model}' ({exc.__class__.__name__}); "
-                          "check the name, or download the model first") from exc
-    chat_template = _load_chat_template(gen.chat_template)
-    try:
-        render = tokenizer_render(tokenizer, chat_template, **gen.chat_template_kwargs)
-        templates = derive_templates(render, pre_query_override=gen.pre_query_template)
-    except TemplateError as exc:
-        raise ConfigError(f"{key}: {gen.name}: {exc}") from exc
-    stop_ids = tuple(gen.stop_token_ids) if gen.stop_token_ids is not None else _stop_ids(tokenizer, model_path, templates)
-    ban = []
-    for token in gen.ban_first_tokens:
-        ids = tokenizer.encode(token, add_special_tokens=False)
-        if len(ids) != 1:
-            raise ConfigError(f"{key}.ban_first_tokens: {token!r} is {len(ids)} tokens for this tokenizer; list single tokens only")
-        ban.append(ids[0])
-    probe = tokenizer("x").input_ids
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id] else None
-    return Side(key, gen, model_path, tokenizer, render, templates, stop_ids, tuple(ban), bos)
-
-
 @dataclass
 class ShardPlan:
     name: str
@@ -184,6 +73,7 @@ class ShardPlan:
 
 @dataclass
 class Conversation:
+    id: str  # record id: content-derived from the first instruction
     system_prompt: str | None
     control_task: str | None
     messages: list[dict[str, str]]  # without the system turn
@@ -206,6 +96,15 @@ def plan_shards(cfg: MagpieConfig) -> list[ShardPlan]:
     return plans
 
 
+def _turn_entry(completion: Completion, rule: str | None) -> dict[str, Any]:
+    """Per-turn provenance of one accepted user message (the response fields are added when it is answered)."""
+    entry: dict[str, Any] = {"instruction_finish_reason": completion.finish_reason,
+                             "instruction_tokens": completion.token_count}
+    if rule is not None:
+        entry.update(sanitize_rule=rule, raw_instruction=completion.text)
+    return entry
+
+
 class GenerateStage:
     """Runs the generate stage for one config into one stage folder."""
 
@@ -217,6 +116,7 @@ class GenerateStage:
         self.progress = progress
         self.tokens_this_run = 0
         self.engine_seconds = 0.0
+        self._provenance: dict[str, Any] | None = None
 
     # -- set-up -------------------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -309,7 +209,7 @@ class GenerateStage:
     def _respond(self, convs: list[Conversation], turn: int, stats: Counter) -> None:
         if not convs:
             return
-        seeds = [_stable_seed(self.cfg.seed, conv.turns[0]["id_hint"], "res", turn) for conv in convs]
+        seeds = [_stable_seed(self.cfg.seed, conv.id, "res", turn) for conv in convs]
         requests = [
             Request(self.res.encode(response_prompt(self.res.render, conv.messages)), self._response_spec(seed))
             for conv, seed in zip(convs, seeds, strict=True)
@@ -323,53 +223,52 @@ class GenerateStage:
                 response_finish_reason=completion.finish_reason, response_tokens=completion.token_count, response_seed=seed
             )
 
+    def _sample_round(self, plan: ShardPlan, round_index: int, want: int) -> list[tuple[dict[str, Any], int, Completion]]:
+        """Sample ``want`` instructions in requests of ``generate.samples_per_request`` from the shared prefix;
+        returns (request context, sample index within its request, completion) per sample."""
+        requests, contexts = [], []
+        for j, start in enumerate(range(0, want, self.g.samples_per_request)):
+            n = min(self.g.samples_per_request, want - start)
+            rng = random.Random(_stable_seed(self.cfg.seed, plan.name, round_index, j, "system"))
+            system_prompt, task = self._choose_system(rng)
+            pre_query, ids = self.ins.prefix(system_prompt)
+            spec = self._instruction_spec(plan.cell, n, _stable_seed(self.cfg.seed, plan.name, round_index, j))
+            requests.append(Request(ids, spec))
+            contexts.append({"system_prompt": system_prompt, "control_task": task, "pre_query": pre_query,
+                             "instruction_sampling": spec.as_dict()})
+        outputs = self._call(self.ins, requests)
+        return [(ctx, k, c) for ctx, out in zip(contexts, outputs, strict=True) for k, c in enumerate(out)]
+
     def _first_turns(self, plan: ShardPlan, seen: set[str], stats: Counter) -> list[Conversation]:
         accepted: list[Conversation] = []
         for round_index in range(self.g.max_rounds):
             missing = plan.size - len(accepted)
             if missing <= 0:
                 break
-            want = math.ceil(missing * self.g.oversample)
-            requests, meta = [], []
-            for j, start in enumerate(range(0, want, self.g.samples_per_request)):
-                n = min(self.g.samples_per_request, want - start)
-                rng = random.Random(_stable_seed(self.cfg.seed, plan.name, round_index, j, "system"))
-                system_prompt, task = self._choose_system(rng)
-                pre_query, ids = self.ins.prefix(system_prompt)
-                seed = _stable_seed(self.cfg.seed, plan.name, round_index, j)
-                spec = self._instruction_spec(plan.cell, n, seed)
-                requests.append(Request(ids, spec))
-                meta.append((system_prompt, task, pre_query, spec))
             fresh: list[Conversation] = []
-            for (system_prompt, task, pre_query, spec), out in zip(meta, self._call(self.ins, requests), strict=True):
-                for k, completion in enumerate(out):
-                    stats["instructions_sampled"] += 1
-                    stats["instruction_tokens"] += completion.token_count
-                    stats[f"instruction_finish:{completion.finish_reason}"] += 1
-                    text, reason, rule = self._clean(completion, stats)
-                    if reason is not None:
-                        stats[f"dropped:{reason}"] += 1
-                        continue
-                    rid = record_id(self.cfg.generator.name, text)
-                    if rid in seen:
-                        stats["dropped:duplicate"] += 1
-                        continue
-                    if len(accepted) + len(fresh) >= plan.size:
-                        stats["surplus"] += 1  # valid, but the shard is full (oversampling)
-                        continue
+            samples = self._sample_round(plan, round_index, math.ceil(missing * self.g.oversample))
+            for ctx, k, completion in samples:
+                stats["instructions_sampled"] += 1
+                stats["instruction_tokens"] += completion.token_count
+                stats[f"instruction_finish:{completion.finish_reason}"] += 1
+                text, reason, rule = self._clean(completion, stats)
+                rid = None if text is None else record_id(self.cfg.generator.name, text)
+                if reason is None and rid in seen:
+                    reason = "duplicate"
+                if reason is not None:
+                    stats[f"dropped:{reason}"] += 1
+                elif len(accepted) + len(fresh) >= plan.size:
+                    stats["surplus"] += 1  # valid, but the shard is full (oversampling)
+                else:
                     seen.add(rid)
-                    turn = {"id_hint": rid, "instruction_finish_reason": completion.finish_reason,
-                            "instruction_tokens": completion.token_count, "instruction_sample": k}
-                    if rule is not None:
-                        turn.update(sanitize_rule=rule, raw_instruction=completion.text)
-                    fresh.append(Conversation(system_prompt, task, [{"role": "user", "content": text}], [turn],
-                                              spec.as_dict(), pre_query))
+                    turn = {**_turn_entry(completion, rule), "instruction_sample": k}
+                    fresh.append(Conversation(id=rid, messages=[{"role": "user", "content": text}], turns=[turn], **ctx))
             self._respond(fresh, 1, stats)
             for conv in fresh:
                 if conv.messages[-1]["content"]:
                     accepted.append(conv)
                 else:
-                    seen.discard(conv.turns[0]["id_hint"])
+                    seen.discard(conv.id)
                     stats["dropped:empty_response"] += 1
         if len(accepted) < plan.size:
             raise RuntimeError(
@@ -386,7 +285,7 @@ class GenerateStage:
         requests = []
         for conv in convs:
             prompt = next_user_prefix(self.ins.render, history_system + conv.messages)
-            seed = _stable_seed(self.cfg.seed, conv.turns[0]["id_hint"], "followup", turn)
+            seed = _stable_seed(self.cfg.seed, conv.id, "followup", turn)
             requests.append(Request(self.ins.encode(prompt), self._instruction_spec(plan.cell, 1, seed)))
         asked = []
         for conv, out in zip(convs, self._call(self.ins, requests), strict=True):
@@ -398,10 +297,7 @@ class GenerateStage:
                 conv.alive = False
                 continue
             conv.messages.append({"role": "user", "content": text})
-            entry = {"instruction_finish_reason": completion.finish_reason, "instruction_tokens": completion.token_count}
-            if rule is not None:
-                entry.update(sanitize_rule=rule, raw_instruction=completion.text)
-            conv.turns.append(entry)
+            conv.turns.append(_turn_entry(completion, rule))
             asked.append(conv)
         return asked
 
@@ -423,38 +319,40 @@ class GenerateStage:
         meta = {"stats": dict(stats), "seconds": round(time.perf_counter() - start, 3)}
         return records, meta
 
+    def _stage_provenance(self) -> dict[str, Any]:
+        """Provenance shared by every record of this stage (engines are running by the time it is asked for)."""
+        if self._provenance is None:
+            ins_info, res_info = self._engine(self.ins).info, self._engine(self.res).info
+            self._provenance = {
+                "instruction_model": self.cfg.generator.name,
+                "instruction_model_source": self.cfg.generator.model,
+                "response_model": self.res.cfg.name,
+                "engine": ins_info.kind,
+                "engine_version": ins_info.version,
+                "response_engine": res_info.kind,
+                "response_engine_version": res_info.version,
+                "magpie_exp_version": __version__,
+                "bos_prepended": self.ins.bos_id is not None,
+                "response_sampling": self._response_spec(0).as_dict() | {"seed": "per turn"},
+                "seed": self.cfg.seed,
+            }
+        return self._provenance
+
     def _record(self, plan: ShardPlan, conv: Conversation) -> Record:
-        first = conv.turns[0]
-        rid = first.pop("id_hint")
-        for entry in conv.turns[1:]:
-            entry.pop("id_hint", None)
         messages = ([{"role": "system", "content": conv.system_prompt}] if conv.system_prompt else []) + conv.messages
-        engine_info = self._engine(self.ins).info
-        response_info = self._engine(self.res).info
         gen: dict[str, Any] = {
-            "instruction_model": self.cfg.generator.name,
-            "instruction_model_source": self.cfg.generator.model,
-            "response_model": self.res.cfg.name,
-            "engine": engine_info.kind,
-            "engine_version": engine_info.version,
-            "response_engine": response_info.kind,
-            "response_engine_version": response_info.version,
-            "magpie_exp_version": __version__,
+            **self._stage_provenance(),
             "pre_query_template": conv.pre_query,
             "pre_query_source": "derived" if conv.system_prompt else self.ins.templates.pre_query_source,
-            "bos_prepended": self.ins.bos_id is not None,
             "control_task": conv.control_task,
             "system_prompt": conv.system_prompt,
             "followup_system_prompt": self.mt_system if len(conv.turns) > 1 else None,
             "instruction_sampling": conv.instruction_sampling,
-            "response_sampling": self._response_spec(0).as_dict() | {"seed": "per turn"},
-            "seed": self.cfg.seed,
             "grid_cell": plan.cell_index,
             "shard": plan.name,
             "turns": conv.turns,
         }
-        return {"id": rid, "messages": messages, "gen": gen, "tags": {}}
-
+        return {"id": conv.id, "messages": messages, "gen": gen, "tags": {}}
 
 @dataclass
 class GenerateResult:
@@ -529,9 +427,11 @@ def run_generate(
     total = sum(p.size for p in plans)
     export_dir = stage_dir / "export"
     exports_present = all((export_dir / EXPORT_FILES[f]).exists() for f in cfg.generate.export)
-    if (stage_dir / "manifest.json").exists() and exports_present:
-        store = ShardStore(stage_dir, "generate", config_hash(payload), payload)
-        if store.complete and not store.verify():
+    # Open an existing stage folder only: creating one waits until the models and templates have been checked.
+    store = ShardStore(stage_dir, "generate", config_hash(payload), payload) if (stage_dir / "manifest.json").exists() else None
+    if store is not None:
+        store.verify()
+        if store.complete and exports_present:
             log.info("cache hit: generate stage %s is complete (%d records)", stage_dir, store.record_count())
             stats = json.loads((stage_dir / "stats.json").read_text())
             return GenerateResult(stage_dir, stats, {f: str(export_dir / EXPORT_FILES[f]) for f in cfg.generate.export}, True)
@@ -539,8 +439,7 @@ def run_generate(
     stage = GenerateStage(cfg, engines)
     try:
         stage.prepare()  # bad models and templates fail here, before anything is written
-        store = ShardStore(stage_dir, "generate", config_hash(payload), payload)
-        store.verify()
+        store = store or ShardStore(stage_dir, "generate", config_hash(payload), payload)
         todo = [p for p in plans if p.name not in store.done()]
         log.info("generate stage %s: %d records in %d shards, %d shard(s) to do", stage_dir, total, len(plans), len(todo))
         if todo:
@@ -565,8 +464,3 @@ def run_generate(
     return GenerateResult(stage_dir, stats, exports, False)
 
 
-
-def iter_records(stage_dir: Path) -> Iterator[Record]:
-    """Stream the records of a finished generate stage folder."""
-    manifest = json.loads((Path(stage_dir) / "manifest.json").read_text())
-    return ShardStore(Path(stage_dir), manifest["stage"], manifest["config_hash"]).records()

@@ -19,7 +19,7 @@ import json
 import uuid
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 Record = dict[str, Any]
 
@@ -80,7 +80,7 @@ def _hf_rows(records: Iterable[Record], include_system: bool) -> Iterator[dict[s
 
 
 def export_records(
-    records_factory: Any, out_dir: Path, formats: Iterable[str], include_system: bool = False
+    records_factory: Callable[[], Iterator[Record]], out_dir: Path, formats: Iterable[str], include_system: bool = False
 ) -> dict[str, str]:
     """Export a record stream to each of ``formats`` under ``out_dir``; returns format -> path.
 
@@ -129,14 +129,11 @@ def export_records(
 class _Replay:
     """Iterable that re-runs a factory each time it is iterated (datasets may iterate more than once)."""
 
-    def __init__(self, factory: Any) -> None:
+    def __init__(self, factory: Callable[[], Iterator[Record]]) -> None:
         self.factory = factory
 
     def __iter__(self) -> Iterator[Record]:
         return iter(self.factory())
-
-    def __reduce__(self) -> tuple[Any, ...]:  # datasets fingerprints gen_kwargs by pickling them
-        return (_Replay, (self.factory,))
 
 
 def _remove_tree(path: Path) -> None:

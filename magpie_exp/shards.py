@@ -129,9 +129,6 @@ class ShardStore:
         self._save(self.manifest)
         return len(lines)
 
-    def shard_meta(self, name: str) -> dict[str, Any]:
-        return self.manifest["shards"][name]
-
     def read_shard(self, name: str) -> Iterator[dict[str, Any]]:
         with self.shard_path(name).open(encoding="utf-8") as handle:
             for line in handle:

@@ -47,16 +47,6 @@ class ChatTemplates:
     system_prompt: str | None
     pre_query_source: str  # "derived" or "override"
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "pre_query": self.pre_query,
-            "post_query": self.post_query,
-            "end_of_turn": self.end_of_turn,
-            "mt_append": self.mt_append,
-            "system_prompt": self.system_prompt,
-            "pre_query_source": self.pre_query_source,
-        }
-
 
 def _with_system(messages: list[Message], system_prompt: str | None) -> list[Message]:
     if system_prompt is None:

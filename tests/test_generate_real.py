@@ -11,7 +11,8 @@ import pytest
 from conftest import schema
 from magpie_exp.config import GeneratorConfig
 from magpie_exp.engines import Engine, Request, SamplingSpec
-from magpie_exp.generate import load_side, run_generate
+from magpie_exp.generate import run_generate
+from magpie_exp.generators import load_side
 
 pytestmark = pytest.mark.slow
 
@@ -174,3 +175,21 @@ def test_seeded_long_prompts_overflowing_the_token_budget(vllm_engine, tmp_path)
     requests = [Request(p, SamplingSpec(n=1, temperature=1.0, max_tokens=4, seed=i)) for i, p in enumerate(prompts)]
     outs = vllm_engine.generate(requests)
     assert len(outs) == 16 and all(out[0].token_count >= 1 for out in outs)
+
+
+def test_sampling_grid_sanitizer_and_single_line_for_real(tmp_path, vllm_engine) -> None:
+    cfg = schema(*SMALL, f"paths.outputs={tmp_path}", "generate.count=null",
+                 "generate.grid=[{temperature:0.7,top_p:1.0,count:4},{temperature:1.2,top_p:0.95,count:4}]",
+                 "generate.shard_size=4", "generate.multi_turn.fraction=0",
+                 "generator.sanitize=llama3", "generator.single_line=true")
+    result = run_generate(cfg, engines={"generator": vllm_engine}, show_progress=False)
+    records = [json.loads(x) for f in sorted((result.stage_dir / "shards").glob("*.jsonl")) for x in f.read_text().splitlines()]
+    assert len(records) == 8 and result.stats["shards"] == 2
+    assert Counter(r["gen"]["grid_cell"] for r in records) == {0: 4, 1: 4}
+    for r in records:
+        sampling = r["gen"]["instruction_sampling"]
+        expected = (0.7, 1.0) if r["gen"]["grid_cell"] == 0 else (1.2, 0.95)
+        assert (sampling["temperature"], sampling["top_p"]) == expected
+        assert "\n" in sampling["stop"] and "\n" not in r["messages"][0]["content"]
+        assert r["gen"]["turns"][0]["sanitize_rule"] and "raw_instruction" in r["gen"]["turns"][0]
+    assert sum(result.stats["sanitize_rules"].values()) >= 8

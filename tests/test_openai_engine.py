@@ -16,7 +16,8 @@ import pytest
 from conftest import CACHE, schema
 from magpie_exp.engines import Request, SamplingSpec
 from magpie_exp.engines.openai_engine import OpenAIEngine
-from magpie_exp.generate import load_side, run_generate
+from magpie_exp.generate import run_generate
+from magpie_exp.generators import load_side
 
 
 def _free_port() -> int:

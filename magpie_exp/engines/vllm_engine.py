@@ -31,9 +31,10 @@ def _vllm_version() -> str:
 
 class VLLMEngine(Engine):
     def __init__(self, cfg: EngineConfig, generator: GeneratorConfig, model_path: str, seed: int) -> None:
-        # Read by vLLM's CPU backend when the engine starts; ignored on GPU.
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kv_cache_gib))
-        if not torch.cuda.is_available():
+        on_cpu = not torch.cuda.is_available()
+        if on_cpu:
+            # Read by vLLM's CPU backend when the engine starts.
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kv_cache_gib))
             bind_cpu_cores(cfg.cpu_cores)
         dtype = resolve_dtype(cfg.dtype)
         torch.manual_seed(seed)
@@ -56,7 +57,7 @@ class VLLMEngine(Engine):
         )
         if cfg.max_num_seqs is not None:
             kwargs["max_num_seqs"] = cfg.max_num_seqs
-        if not torch.cuda.is_available():
+        if on_cpu:
             # vLLM 0.32 rewinds a seeded request's generator when a chunked prefill discards its sample, and CPU
             # torch generators cannot rewind ("CPU Generator does not use offset"): the engine dies as soon as a
             # batch of seeded prompts overflows the token budget. Without chunked prefill that never happens.
