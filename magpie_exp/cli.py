@@ -44,6 +44,14 @@ def setup_environment(cache_dir: Path) -> None:
 def run_stage(cfg: MagpieConfig) -> dict[str, str]:
     """Run ``cfg.stage`` (already checked against config.STAGES by ``to_schema``); returns stage -> folder."""
     setup_environment(Path(cfg.paths.cache_dir))
+    if cfg.stage == "tag":
+        from magpie_exp.tag import run_tag
+
+        return {"tag": str(run_tag(cfg).stage_dir)}
+    if cfg.stage == "curate":
+        from magpie_exp.curate import run_curate
+
+        return {"curate": str(run_curate(cfg).stage_dir)}
     from magpie_exp.generate import run_generate
 
     return {"generate": str(run_generate(cfg).stage_dir)}

@@ -111,6 +111,97 @@ class GenerateConfig:
 
 
 @dataclass
+class RewardModelConfig:
+    name: str = "none"
+    model: str | None = None  # a sequence-classification reward model (folder or hub id); null = no model
+    batch_size: int = 8
+    max_length: int = 4096  # tokens; longer conversations are truncated
+    dtype: str = "auto"
+    trust_remote_code: bool = False  # ArmoRM needs it: set only in its named config
+
+
+@dataclass
+class EmbedderConfig:
+    name: str = "all-minilm-l6-v2"
+    model: str = "embedded:all-minilm-l6-v2"  # sentence-transformers folder, hub id, or the embedded MiniLM
+    batch_size: int = 64
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class DedupConfig:
+    threshold: float = 0.05  # squared L2 between unit vectors (= 2 - 2 cos); 0.05 is cos > 0.975, the official value
+    index: str = "auto"  # auto (flat up to exact_max, else ivf) | flat | ivf | hnsw
+    exact_max: int = 200_000
+    device: str = "cpu"  # cpu | cuda (faiss-gpu)
+    keep_by: list[str] = field(default_factory=lambda: ["reward", "input_quality", "id"])  # best first, per cluster
+
+
+@dataclass
+class TagConfig:
+    # Which taggers run: length, language, quality, difficulty, task_category, judge_score, safety, reward,
+    # base_reward (URIAL base response + its reward + the reward difference), embedding (+ dedup).
+    taggers: list[str] = field(default_factory=lambda: [
+        "length", "language", "quality", "difficulty", "task_category", "safety", "reward", "embedding"])
+    judge: GeneratorConfig | None = None  # judge for quality/difficulty/task_category/judge_score
+    judge_max_tokens: int = 384
+    explanation_chars: int = 300  # schema maxLength of free-text answer fields
+    guard: GeneratorConfig | None = None
+    guard_format: str = "chat_template"  # chat_template (Llama Guard builds its prompt) | instruction (a chat model)
+    reward_source: str = "model"  # model: tag.reward_model | judge: the judge's 1-10 score
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    base_model: GeneratorConfig | None = None  # a pretrained base model answering URIAL-style
+    base_max_tokens: int = 256
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    batch_size: int = 256  # records per engine call
+    plots: bool = True
+
+
+@dataclass
+class Rule:
+    field: str = MISSING  # a record field: tags.<name>, or one of the derived ones (instruction, response, ...)
+    op: str = MISSING  # == != > >= < <= in not_in regex not_regex endswith not_endswith is_true is_false
+    value: Any = None
+    name: str | None = None  # the drop reason; default "<field> <op> <value>"
+
+
+@dataclass
+class QuotaGroup:
+    name: str = MISSING
+    values: list[Any] = field(default_factory=list)  # values of quota.by in this group
+    share: float | None = None  # share of the kept records
+    max: int | None = None  # or an absolute cap
+
+
+@dataclass
+class Quota:
+    by: str | None = None  # field the groups are defined on (e.g. tags.task_category); null = no quotas
+    groups: list[QuotaGroup] = field(default_factory=list)
+
+
+@dataclass
+class SelectConfig:
+    by: str | None = "response_length"  # keep the top records by this field; null = keep all that pass
+    descending: bool = True
+    count: int | None = None  # keep exactly this many (overrides the scaled count)
+    recipe_count: int | None = None  # the recipe's size (e.g. 300000) ...
+    recipe_pool: int | None = None  # ... out of this many records (e.g. 1000000): keeps that fraction here
+
+
+@dataclass
+class CurateConfig:
+    name: str = "none"
+    description: str = ""
+    rules: list[Rule] = field(default_factory=list)
+    dedup: bool = True  # drop near-duplicates that are not their cluster's keeper
+    quota: Quota = field(default_factory=Quota)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    write_rejected: bool = True  # rejected.jsonl with the reason of each dropped record
+    export: list[str] = field(default_factory=lambda: ["messages", "sharegpt", "hf", "parquet"])
+
+
+@dataclass
 class PathsConfig:
     outputs: str = "outputs"  # stage folders go to <outputs>/stages/<stage>/<config hash>
     cache_dir: str = MISSING  # converted embedded models, vLLM/inductor caches
@@ -125,9 +216,15 @@ class MagpieConfig:
     response_generator: GeneratorConfig | None = None  # default: the instruction generator
     engine: EngineConfig = field(default_factory=EngineConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    tag: TagConfig = field(default_factory=TagConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)
+    input: str | None = None  # a stage's input: a stage folder or a JSONL file; null = this config's upstream stage
 
 
-STAGES = ("generate",)
+STAGES = ("generate", "tag", "curate")
+TAGGERS = ("length", "language", "quality", "difficulty", "task_category", "judge_score", "safety", "reward",
+           "base_reward", "embedding")
+JUDGE_TAGGERS = ("quality", "difficulty", "task_category", "judge_score")
 ENGINES = ("vllm", "hf", "openai")
 DTYPES = ("bfloat16", "float16", "float32", "auto")
 
@@ -204,6 +301,14 @@ def validate(cfg: MagpieConfig) -> MagpieConfig:
 
     unknown = sorted(set(g.export) - set(EXPORT_FORMATS))
     _check(not unknown, f"generate.export has unknown format(s) {unknown}; choose from {list(EXPORT_FORMATS)}")
+    for key, gen in (("tag.judge", cfg.tag.judge), ("tag.guard", cfg.tag.guard), ("tag.base_model", cfg.tag.base_model)):
+        if gen is not None:
+            _validate_generator(key, gen)
+    from magpie_exp.curate import check_curate_config
+    from magpie_exp.tag import check_tag_config
+
+    check_tag_config(cfg)
+    check_curate_config(cfg.curate)
     return cfg
 
 

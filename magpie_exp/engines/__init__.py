@@ -20,7 +20,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SamplingSpec:
-    """What to sample for one prompt. ``ban_first_token_ids`` may not be the first generated token."""
+    """What to sample for one prompt. ``ban_first_token_ids`` may not be the first generated token.
+
+    ``json_schema`` / ``regex`` ask for structured decoding (vLLM structured outputs, also over HTTP); the HF
+    engine cannot constrain decoding and samples freely, so callers always validate what comes back.
+    """
 
     n: int = 1
     temperature: float = 1.0
@@ -31,6 +35,8 @@ class SamplingSpec:
     seed: int | None = None
     repetition_penalty: float = 1.0
     ban_first_token_ids: tuple[int, ...] = ()
+    json_schema: str | None = None  # constrain the output to this JSON schema (JSON text): vllm, openai
+    regex: str | None = None  # or to this regular expression: vllm, openai
 
     def as_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

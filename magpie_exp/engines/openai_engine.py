@@ -18,6 +18,7 @@ Start servers for it with, for example::
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import threading
@@ -74,6 +75,10 @@ class OpenAIEngine(Engine):
         }
         if spec.ban_first_token_ids:
             payload["vllm_xargs"] = {"ban_first_token_ids": list(spec.ban_first_token_ids)}
+        if spec.json_schema is not None:  # vLLM's extension of /v1/completions
+            payload["structured_outputs"] = {"json": json.loads(spec.json_schema), "disable_any_whitespace": True}
+        elif spec.regex is not None:
+            payload["structured_outputs"] = {"regex": spec.regex}
         return payload
 
     def _pick(self) -> str:

@@ -69,8 +69,14 @@ class VLLMEngine(Engine):
 
     def sampling_params(self, request: Request):  # noqa: ANN201 - vllm.SamplingParams
         from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
 
         spec = request.sampling
+        structured = None
+        if spec.json_schema is not None:
+            structured = StructuredOutputsParams(json=spec.json_schema, disable_any_whitespace=True)
+        elif spec.regex is not None:
+            structured = StructuredOutputsParams(regex=spec.regex)
         return SamplingParams(
             n=spec.n,
             temperature=spec.temperature,
@@ -82,6 +88,7 @@ class VLLMEngine(Engine):
             repetition_penalty=spec.repetition_penalty,
             skip_special_tokens=True,
             extra_args={"ban_first_token_ids": list(spec.ban_first_token_ids)} if spec.ban_first_token_ids else None,
+            structured_outputs=structured,
         )
 
     def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:

@@ -1,0 +1,109 @@
+"""Tag-stage benchmarks: prints figures measured side by side in one run (not a test).
+
+    python benchmarks/bench_tag.py dedup [--n 100000 --dim 384]   # ours vs the official gen_dis.py search
+    python benchmarks/bench_tag.py tagging [--records 32]          # judge tagging vs raw engine throughput
+
+dedup: the same random unit vectors go through the official method (exact L2 flat index, top-500 in query
+batches of 1,024: min distance = 2nd hit, repeat count = hits < 0.05) and through ours (inner-product flat
+index, k=2 for everyone, range search only for the few with a near neighbour); results must be identical.
+Random vectors in 384 dimensions have no near-duplicates, so a share of planted duplicates is added.
+
+tagging: one vLLM engine; the judge prompts of the quality tagger sent raw (free text, same max tokens) and
+through the tagger (JSON-schema constrained, parsed, validated): records/s and generated tokens/s of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def bench_dedup(n: int, dim: int, dup_share: float, seed: int) -> None:
+    import numpy as np
+
+    from magpie_exp.dedup import neighbour_stats, official_method
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    planted = int(n * dup_share)
+    src = rng.integers(0, n, planted)
+    dst = rng.choice(n, planted, replace=False)
+    x[dst] = x[src] + 0.05 * rng.normal(size=(planted, dim)).astype(np.float32) * np.abs(x[src]).mean()
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    print(f"{n} unit vectors, dim {dim}, {planted} planted near-duplicates")
+    t = time.perf_counter()
+    dist, repeat = official_method(x, threshold=0.05, k=500, batch_size=1024)
+    official = time.perf_counter() - t
+    t = time.perf_counter()
+    ours = neighbour_stats(x, threshold=0.05, kind="flat")
+    mine = time.perf_counter() - t
+    same_dist = bool(np.allclose(ours.min_distance, dist, atol=1e-5))
+    same_repeat = bool((ours.repeat_count == repeat).all())
+    print(f"official (flat L2, k=500, batches of 1024): {official:8.1f} s")
+    print(f"ours (flat IP, k=2 + range search):         {mine:8.1f} s   speed-up x{official / mine:.1f}")
+    print(f"identical min_neighbor_distance: {same_dist} (max abs diff {np.abs(ours.min_distance - dist).max():.2e}), "
+          f"identical repeat_count: {same_repeat}; records with repeats: {(repeat > 0).sum()}")
+
+
+def bench_tagging(records: int) -> None:
+    import os
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from magpie_exp.cli import conf_dir, setup_environment
+    from magpie_exp.config import register_configs, to_schema
+    from magpie_exp.engines import Request, SamplingSpec, build_engine
+    from magpie_exp.taggers import Models, QualityTagger
+
+    register_configs()
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        cfg = to_schema(compose(config_name="config", overrides=["engine.enforce_eager=true"]))
+    setup_environment(Path(os.environ.get("MAGPIE_EXP_CACHE", Path(cfg.paths.cache_dir))))
+    instructions = [f"Question {i}: how do I get better at {topic}?" for i, topic in
+                    enumerate(["chess", "cooking", "running", "writing", "drawing", "python", "algebra", "singing"] * (records // 8 + 1))][:records]
+    rows = [{"id": str(i), "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": ""}]}
+            for i, q in enumerate(instructions)]
+    models = Models(cfg)
+    tagger = QualityTagger(cfg, models)
+    tagger.prepare()
+    judge = tagger.judge
+    judge.engine = build_engine(cfg.engine, cfg.tag.judge, judge.model_path, cfg.seed)
+    judge.injected = True
+    raw_spec = SamplingSpec(temperature=0.0, max_tokens=cfg.tag.judge_max_tokens, seed=cfg.seed)
+    prompts = [judge.chat_ids([{"role": "user", "content": tagger.task.render(q)}]) for q in instructions]
+    judge.engine.generate([Request(prompts[0], raw_spec)])  # warm up
+    for round_ in range(2):  # alternate, so drift on this shared machine hits both
+        t = time.perf_counter()
+        raw = judge.engine.generate([Request(p, raw_spec) for p in prompts])
+        raw_s = time.perf_counter() - t
+        raw_tokens = sum(c.token_count for o in raw for c in o)
+        tokens_before = judge.tokens
+        t = time.perf_counter()
+        out = tagger.run(rows)
+        tag_s = time.perf_counter() - t
+        tag_tokens = judge.tokens - tokens_before
+        ok = sum(1 for r in out if "_error" not in r)
+        print(f"round {round_}: raw engine {records / raw_s:6.2f} rec/s {raw_tokens / raw_s:7.1f} tok/s | "
+              f"quality tagger {records / tag_s:6.2f} rec/s {tag_tokens / tag_s:7.1f} tok/s "
+              f"({ok}/{records} schema-valid) | rec/s ratio tagger/raw {(records / tag_s) / (records / raw_s):.2f}")
+    judge.engine.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=["dedup", "tagging"])
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--dup-share", type=float, default=0.01)
+    parser.add_argument("--records", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.part == "dedup":
+        bench_dedup(args.n, args.dim, args.dup_share, args.seed)
+    else:
+        bench_tagging(args.records)
+
+
+if __name__ == "__main__":
+    main()

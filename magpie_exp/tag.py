@@ -1,0 +1,328 @@
+"""The tag stage: every configured tagger over every input shard, then dedup, then one tagged dataset.
+
+    magpie-exp stage=tag                                    # tags this config's generate output
+    magpie-exp stage=tag input=path/to/records.jsonl tag.taggers=[length,language,embedding]
+    magpie-exp stage=tag generator@tag.judge=llama3-8b-instruct tag/reward_model=fsfairx-llama3-rm tag/guard=llama-guard-3-8b
+
+Layout of the stage folder::
+
+    parts/<tagger>/       # one ShardStore per tagger: its fields for each input shard (resume unit)
+    parts/embedding/*.npy # unit-norm embeddings beside each shard
+    dedup.json            # min_neighbor_distance, repeat_count, near-dup cluster and keeper, by record id
+    shards/               # the merged, tagged records (the stage's output)
+    stats.json, plots/, export/
+
+Taggers run one after another, each over all shards, so each model (vLLM judge, guard, base model, reward
+model, embedder) is loaded once; a killed run resumes at the first unfinished (tagger, shard).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from magpie_exp import __version__
+from magpie_exp.config import ConfigError, MagpieConfig, as_plain
+from magpie_exp.engines import Engine
+from magpie_exp.labels import DIFFICULTY, QUALITY
+from magpie_exp.records import EXPORT_FILES, Record, export_records
+from magpie_exp.shards import ShardStore, _atomic_write_bytes
+from magpie_exp.stages import StageInput, StageResult, check_writable, config_hash, open_input, stage_folder
+from magpie_exp.taggers import ORDER, TAGGER_CLASSES, Models, Tagger
+
+log = logging.getLogger(__name__)
+
+STAGE_VERSION = 1
+
+
+def stage_config(cfg: MagpieConfig, input_key: str) -> dict[str, Any]:
+    tag = as_plain(cfg.tag)
+    tag.pop("plots")
+    tag["taggers"] = sorted(set(tag["taggers"]))
+    return {"stage": "tag", "stage_version": STAGE_VERSION, "input": input_key, "seed": cfg.seed,
+            "engine": {"type": cfg.engine.type, "dtype": cfg.engine.dtype}, "tag": tag}
+
+
+def upstream_dir(cfg: MagpieConfig) -> Path:
+    from magpie_exp.generate import stage_dir_for
+
+    return stage_dir_for(cfg)
+
+
+def stage_dir_for(cfg: MagpieConfig, source: StageInput | None = None) -> Path:
+    source = source or open_input(cfg, "tag", lambda: upstream_dir(cfg))
+    return stage_folder(cfg, "tag", stage_config(cfg, source.key))
+
+
+def _rank_value(tags: dict[str, Any], key: str) -> Any:
+    """Sort value for a dedup keep key (smaller sorts first = better)."""
+    value = tags.get(key)
+    if key in ("input_quality", "difficulty"):
+        order = QUALITY if key == "input_quality" else DIFFICULTY
+        return -order.index(value) if value in order else 1
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return -float(value)
+    return float("inf")
+
+
+class TagStage:
+    def __init__(self, cfg: MagpieConfig, source: StageInput, stage_dir: Path, engines: dict[str, Engine] | None,
+                 show_progress: bool) -> None:
+        self.cfg, self.source, self.stage_dir = cfg, source, stage_dir
+        self.payload = stage_config(cfg, source.key)
+        self.hash = config_hash(self.payload)
+        self.models = Models(cfg, engines)
+        self.show_progress = show_progress
+        names = [n for n in ORDER if n in cfg.tag.taggers]
+        self.taggers: list[Tagger] = [TAGGER_CLASSES[n](cfg, self.models) for n in names]
+
+    def part(self, name: str) -> ShardStore:
+        return ShardStore(self.stage_dir / "parts" / name, f"tag.{name}", self.hash)
+
+    def todo(self, tagger: Tagger) -> list[str]:
+        part = self.part(tagger.name)
+        part.verify()
+        return [s for s in self.source.shard_names if s not in part.done()]
+
+    def prepare(self) -> None:
+        """Load every tagger that has work left, so bad models fail before any shard is written."""
+        for tagger in self.taggers:
+            if self.todo(tagger):
+                tagger.prepare()
+
+    def run_taggers(self) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        timings: dict[str, Any] = {}
+        total = sum(info["records"] for info in self.source.manifest.get("shards", {}).values()) or None
+        for t_index, tagger in enumerate(self.taggers):
+            part = self.part(tagger.name)
+            todo = self.todo(tagger)
+            if not todo:
+                continue
+            start, count = time.perf_counter(), 0
+            with tqdm(total=total, initial=part.record_count(), unit="rec", desc=f"tag:{tagger.name}",
+                      disable=not self.show_progress, dynamic_ncols=True) as bar:
+                for shard in todo:
+                    records = list(self.source.read(shard))
+                    rows, vectors = [], None
+                    for b in range(0, len(records), self.cfg.tag.batch_size):
+                        batch = records[b:b + self.cfg.tag.batch_size]
+                        rows.extend(tagger.run(batch))
+                        if tagger.name == "embedding":
+                            part_vectors = tagger.embed(batch)  # type: ignore[attr-defined]
+                            vectors = part_vectors if vectors is None else np.concatenate([vectors, part_vectors])
+                        bar.update(len(batch))
+                        count += len(batch)
+                        bar.set_postfix(rec_s=f"{count / max(time.perf_counter() - start, 1e-9):.1f}")
+                    if vectors is not None:  # written before the shard, so a listed shard always has its vectors
+                        self._save_vectors(part, shard, vectors)
+                    errors = Counter(row["_error"].split(":")[0] for row in rows if row.get("_error"))
+                    out = [{"id": r["id"], **row} for r, row in zip(records, rows, strict=True)]
+                    part.write_shard(shard, out, {"errors": dict(errors), "model": tagger.model_name()})
+            tagger.close()
+            elapsed = time.perf_counter() - start
+            timings[tagger.name] = {"seconds": round(elapsed, 2), "records": count,
+                                    "records_per_s": round(count / elapsed, 2) if elapsed else None}
+            # Close engines no later tagger needs (each vLLM engine holds memory and worker processes).
+            self.models.release(set().union(*(t.model_ids() for t in self.taggers[t_index + 1:])))
+            part.mark_complete()
+        return timings
+
+    @staticmethod
+    def _save_vectors(part: ShardStore, shard: str, vectors: np.ndarray) -> None:
+        import io
+
+        buffer = io.BytesIO()
+        np.save(buffer, vectors.astype(np.float32))
+        _atomic_write_bytes(part.shard_dir / f"{shard}.npy", buffer.getvalue())
+
+    def load_vectors(self) -> tuple[list[str], np.ndarray]:
+        part = self.part("embedding")
+        ids, chunks = [], []
+        for shard in self.source.shard_names:
+            vectors = np.load(part.shard_dir / f"{shard}.npy")
+            shard_ids = [row["id"] for row in part.read_shard(shard)]
+            if len(shard_ids) != len(vectors):
+                raise RuntimeError(f"{part.root}: {shard} has {len(shard_ids)} ids but {len(vectors)} vectors")
+            ids.extend(shard_ids)
+            chunks.append(vectors)
+        return ids, np.concatenate(chunks) if chunks else np.zeros((0, 1), np.float32)
+
+    def dedup(self) -> dict[str, dict[str, Any]]:
+        """Neighbour stats and near-duplicate clusters over all records (order-independent keepers)."""
+        path = self.stage_dir / "dedup.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        from magpie_exp.dedup import choose_keepers, clusters, neighbour_stats
+
+        d = self.cfg.tag.dedup
+        ids, vectors = self.load_vectors()
+        start = time.perf_counter()
+        stats = neighbour_stats(vectors, d.threshold, d.index, d.exact_max, d.device)
+        labels = clusters(len(ids), stats.pairs)
+        partial = {t.name: self.part(t.name) for t in self.taggers if t.name in ("reward", "quality", "difficulty")}
+        tags: dict[str, dict[str, Any]] = {i: {} for i in ids}
+        for store in partial.values():
+            for row in store.records():
+                tags[row["id"]].update({k: v for k, v in row.items() if k != "id"})
+        keys = d.keep_by
+
+        def rank(i: int) -> tuple:
+            return tuple(ids[i] if k == "id" else _rank_value(tags[ids[i]], k) for k in keys) + (ids[i],)
+
+        keep = choose_keepers(labels, rank)
+        sizes = Counter(labels.tolist())
+        name: dict[int, str] = {}  # a cluster is named by its smallest member id: the same in any input order
+        for i, label in enumerate(labels.tolist()):
+            name[label] = min(name.get(label, ids[i]), ids[i])
+        result = {
+            rid: {"min_neighbor_distance": None if not np.isfinite(stats.min_distance[i]) else round(float(stats.min_distance[i]), 6),
+                  "repeat_count": int(stats.repeat_count[i]),
+                  "near_dup_cluster": name[int(labels[i])] if sizes[int(labels[i])] > 1 else None,
+                  "near_dup_keep": bool(keep[i])}
+            for i, rid in enumerate(ids)
+        }
+        log.info("dedup: %d records, %d near-duplicate pairs, %d clusters > 1, index %s, %.1fs", len(ids),
+                 len(stats.pairs), sum(1 for s in sizes.values() if s > 1), stats.index, time.perf_counter() - start)
+        _atomic_write_bytes(path, json.dumps(result).encode())
+        return result
+
+    def merge(self, final: ShardStore, dedup: dict[str, dict[str, Any]]) -> None:
+        models = {t.name: t.model_name() for t in self.taggers}
+        for shard in self.source.shard_names:
+            if shard in final.done():
+                continue
+            parts = {t.name: {row["id"]: row for row in self.part(t.name).read_shard(shard)} for t in self.taggers}
+            out: list[Record] = []
+            for record in self.source.read(shard):
+                tags = dict(record.get("tags") or {})
+                errors = dict(tags.get("errors") or {})
+                for name, rows in parts.items():
+                    row = dict(rows[record["id"]])
+                    row.pop("id")
+                    if error := row.pop("_error", None):
+                        errors[name] = error
+                    tags.update(row)
+                if "reward" in tags and "base_reward" in tags:
+                    r, b = tags["reward"], tags["base_reward"]
+                    tags["reward_difference"] = None if r is None or b is None else round(r - b, 6)
+                tags.update(dedup.get(record["id"], {}))
+                tags["errors"] = errors
+                tags["by"] = {**dict(tags.get("by") or {}), **{k: v for k, v in models.items() if v}}
+                out.append({**record, "tags": tags})
+            final.write_shard(shard, out)
+
+
+def aggregate(final: ShardStore, timings: dict[str, Any], taggers: list[str]) -> dict[str, Any]:
+    counts: dict[str, Counter] = {k: Counter() for k in ("input_quality", "difficulty", "task_category", "safety", "language")}
+    errors: Counter = Counter()
+    numeric: dict[str, list[float]] = {k: [] for k in ("reward", "base_reward", "reward_difference", "judge_score",
+                                                       "min_neighbor_distance", "response_length", "instruction_length")}
+    records = dups = 0
+    for record in final.records():
+        records += 1
+        tags = record["tags"]
+        for key, counter in counts.items():
+            if key in tags:
+                counter[str(tags[key])] += 1
+        for name, reason in tags.get("errors", {}).items():
+            errors[f"{name}:{reason.split(':')[0]}"] += 1
+        for key, values in numeric.items():
+            if isinstance(tags.get(key), (int, float)):
+                values.append(float(tags[key]))
+        dups += tags.get("near_dup_keep") is False
+    summary = {k: {"mean": round(float(np.mean(v)), 4), "median": round(float(np.median(v)), 4),
+                   "min": round(float(np.min(v)), 4), "max": round(float(np.max(v)), 4)}
+               for k, v in numeric.items() if v}
+    return {"records": records, "taggers": taggers, "labels": {k: dict(v.most_common()) for k, v in counts.items() if v},
+            "failures": dict(sorted(errors.items())), "numeric": summary, "near_duplicates_dropped_by_dedup": dups,
+            "timings": timings}
+
+
+def run_tag(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, stage_dir: Path | None = None,
+            show_progress: bool = True, export: list[str] | None = None) -> StageResult:
+    """Run (or resume, or reuse) the tag stage; ``engines`` maps model specs to already-built engines."""
+    check_writable(Path(cfg.paths.outputs), "paths.outputs")
+    source = open_input(cfg, "tag", lambda: upstream_dir(cfg))
+    stage_dir = Path(stage_dir) if stage_dir is not None else stage_dir_for(cfg, source)
+    payload = stage_config(cfg, source.key)
+    formats = list(export if export is not None else ["records", "hf"])
+    export_dir = stage_dir / "export"
+    if (stage_dir / "manifest.json").exists():
+        final = ShardStore(stage_dir, "tag", config_hash(payload), payload)
+        final.verify()
+        if final.complete and all((export_dir / EXPORT_FILES[f]).exists() for f in formats):
+            log.info("cache hit: tag stage %s is complete (%d records)", stage_dir, final.record_count())
+            stats = json.loads((stage_dir / "stats.json").read_text())
+            return StageResult(stage_dir, stats, {f: str(export_dir / EXPORT_FILES[f]) for f in formats}, True)
+    stage = TagStage(cfg, source, stage_dir, engines, show_progress)
+    try:
+        stage.prepare()  # bad models fail here, before any shard is written
+        final = ShardStore(stage_dir, "tag", config_hash(payload), payload)
+        log.info("tag stage %s: taggers %s over %d shard(s) of %s", stage_dir, [t.name for t in stage.taggers],
+                 len(source.shard_names), source.path)
+        timings = stage.run_taggers()
+    finally:
+        stage.models.close()
+    dedup = stage.dedup() if "embedding" in cfg.tag.taggers else {}
+    stage.merge(final, dedup)
+    previous = json.loads((stage_dir / "stats.json").read_text()).get("timings", {}) if (stage_dir / "stats.json").exists() else {}
+    stats = aggregate(final, {**previous, **timings}, [t.name for t in stage.taggers])
+    stats["code_version"] = __version__
+    (stage_dir / "stats.json").write_text(json.dumps(stats, indent=1))
+    if cfg.tag.plots:
+        from magpie_exp.plots import dataset_plots
+
+        vectors = stage.load_vectors() if "embedding" in cfg.tag.taggers else None
+        stats["plots"] = dataset_plots(final.records, stage_dir / "plots", vectors)
+        (stage_dir / "stats.json").write_text(json.dumps(stats, indent=1))
+    exports = export_records(final.records, export_dir, formats, cfg.generate.include_system)
+    final.mark_complete(records=stats["records"])
+    log.info("tag: %d records, failures %s", stats["records"], stats["failures"] or "none")
+    return StageResult(stage_dir, stats, exports, False)
+
+
+def check_tag_config(cfg: MagpieConfig) -> None:
+    """Cross-key checks of ``tag`` (called by ``config.validate``)."""
+    from magpie_exp.config import JUDGE_TAGGERS, TAGGERS
+
+    t = cfg.tag
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    unknown = [n for n in t.taggers if n not in TAGGERS]
+    need(not unknown, f"tag.taggers has unknown tagger(s) {unknown}; choose from {list(TAGGERS)}")
+    judged = [n for n in t.taggers if n in JUDGE_TAGGERS] + (["reward"] if t.reward_source == "judge" and "reward" in t.taggers else [])
+    need(not judged or t.judge is not None,
+         f"tag.taggers {judged} need a judge but tag.judge is null; set generator@tag.judge=smollm2-135m-instruct (or another model)")
+    need(t.reward_source in ("model", "judge"), f"tag.reward_source must be model or judge; got {t.reward_source!r}")
+    scored = [n for n in ("reward", "base_reward") if n in t.taggers]
+    need(not scored or t.reward_source != "model" or t.reward_model.model is not None,
+         f"tag.taggers {scored} need a reward model but tag.reward_model.model is null; "
+         "pick one (tag/reward_model=fsfairx-llama3-rm) or set tag.reward_source=judge")
+    need("safety" not in t.taggers or t.guard is not None,
+         "tag.taggers has safety but tag.guard is null; pick a guard (tag/guard=llama-guard-3-8b) or drop safety")
+    need(t.guard_format in ("chat_template", "instruction"),
+         f"tag.guard_format must be chat_template or instruction; got {t.guard_format!r}")
+    need("base_reward" not in t.taggers or t.base_model is not None,
+         "tag.taggers has base_reward but tag.base_model is null; set generator@tag.base_model=gemma3-270m-base")
+    need("base_reward" not in t.taggers or "reward" in t.taggers,
+         "tag.taggers has base_reward (reward difference) without reward; add reward to tag.taggers")
+    need(t.batch_size >= 1, f"tag.batch_size must be >= 1; got {t.batch_size}")
+    need(t.judge_max_tokens >= 16, f"tag.judge_max_tokens must be >= 16; got {t.judge_max_tokens}")
+    need(t.reward_model.batch_size >= 1, f"tag.reward_model.batch_size must be >= 1; got {t.reward_model.batch_size}")
+    d = t.dedup
+    need(0 < d.threshold <= 4, f"tag.dedup.threshold is a squared L2 distance between unit vectors, in (0, 4]; got {d.threshold}")
+    need(d.index in ("auto", "flat", "ivf", "hnsw"), f"tag.dedup.index must be auto, flat, ivf or hnsw; got {d.index!r}")
+    need(d.device in ("cpu", "cuda"), f"tag.dedup.device must be cpu or cuda; got {d.device!r}")
+    bad_keys = [k for k in d.keep_by if k not in ("id", "reward", "input_quality", "difficulty", "judge_score")]
+    need(not bad_keys, f"tag.dedup.keep_by has unknown key(s) {bad_keys}; use reward, input_quality, difficulty, judge_score, id")

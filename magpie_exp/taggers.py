@@ -1,0 +1,436 @@
+"""Taggers: each adds named fields to ``record["tags"]`` for a batch of records, and says how each one went.
+
+A tagger returns one dict per record: its fields (``None`` where it failed) and, on failure, ``_error`` with
+the reason ("truncated", "invalid_json: ...", "schema: ...", "unparsable guard verdict ..."). Failures are
+counted by the stage and kept in ``tags.errors``; they are never turned into a label.
+
+Tags describe the first exchange of a conversation (first user turn and its answer), as the official tags do.
+Models are shared: every tagger asks the ``Models`` pool for an engine by model, so the judge, a stand-in guard
+of the same model and the judge-score reward all run on one vLLM engine, started once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+from collections.abc import Sequence
+
+from magpie_exp.config import ConfigError, GeneratorConfig, MagpieConfig
+from magpie_exp.engines import Engine, Request, SamplingSpec, build_engine
+from magpie_exp.labels import GUARD_REGEX, JudgeTask, guard_prompt, judge_tasks, parse_guard, parse_judgement
+from magpie_exp.models import resolve_model
+from magpie_exp.records import Record
+
+log = logging.getLogger(__name__)
+TagRow = dict[str, Any]
+
+
+def first_exchange(record: Record) -> tuple[str, str]:
+    """The first user message and the assistant message that answers it ('' when unanswered)."""
+    messages = record["messages"]
+    for i, m in enumerate(messages):
+        if m["role"] == "user":
+            answer = messages[i + 1]["content"] if i + 1 < len(messages) and messages[i + 1]["role"] == "assistant" else ""
+            return m["content"], answer
+    return "", ""
+
+
+class ChatModel:
+    """A chat model (judge, guard or base) with its tokenizer and a lazily started engine."""
+
+    def __init__(self, key: str, gen: GeneratorConfig, cfg: MagpieConfig, injected: Engine | None) -> None:
+        from transformers import AutoTokenizer
+
+        self.key, self.gen, self.cfg = key, gen, cfg
+        self.model_path = resolve_model(gen.model, Path(cfg.paths.cache_dir), key=f"{key}.model")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=gen.trust_remote_code)
+        except OSError as exc:
+            raise ConfigError(f"{key}.model: cannot load a tokenizer from '{gen.model}' ({exc.__class__.__name__}); "
+                              "check the name, or download the model first") from exc
+        if gen.chat_template is not None:
+            from magpie_exp.generators import _load_chat_template
+
+            self.tokenizer.chat_template = _load_chat_template(gen.chat_template)
+        self.engine = injected
+        self.injected = injected is not None
+        self.seconds = 0.0
+        self.tokens = 0
+
+    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        if self.tokenizer.chat_template is None:
+            raise ConfigError(f"{self.key}.model: '{self.gen.model}' has no chat template; set {self.key}.chat_template")
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                  **self.gen.chat_template_kwargs)
+        return self.raw_ids(text)
+
+    def raw_ids(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        bos = self.tokenizer.bos_token_id
+        if bos is not None and (not ids or ids[0] != bos) and self.tokenizer("x").input_ids[:1] == [bos]:
+            ids = [bos, *ids]
+        return ids
+
+    def generate(self, requests: list[Request]) -> list[Any]:
+        if self.engine is None:
+            self.engine = build_engine(self.cfg.engine, self.gen, self.model_path, self.cfg.seed)
+        start = time.perf_counter()
+        out = self.engine.generate(requests)
+        self.seconds += time.perf_counter() - start
+        self.tokens += sum(c.token_count for o in out for c in o)
+        return [o[0] for o in out]
+
+    def close(self) -> None:
+        if self.engine is not None and not self.injected:
+            self.engine.close()
+        self.engine = None
+
+
+class Models:
+    """Chat models by model identity, shared between taggers; each is closed after its last user."""
+
+    def __init__(self, cfg: MagpieConfig, injected: dict[str, Engine] | None = None) -> None:
+        self.cfg = cfg
+        self.injected = dict(injected or {})
+        self.models: dict[str, ChatModel] = {}
+
+    @staticmethod
+    def identity(gen: GeneratorConfig) -> str:
+        return json.dumps([gen.model, gen.max_model_len, gen.tensor_parallel_size, gen.trust_remote_code])
+
+    def get(self, key: str, gen: GeneratorConfig) -> ChatModel:
+        ident = self.identity(gen)
+        if ident not in self.models:
+            self.models[ident] = ChatModel(key, gen, self.cfg, self.injected.get(gen.model))
+        return self.models[ident]
+
+    def release(self, keep: set[str]) -> None:
+        for ident, model in list(self.models.items()):
+            if ident not in keep and model.engine is not None and not model.injected:
+                log.info("closing the %s engine (%s)", model.key, model.gen.name)
+                model.close()
+
+    def close(self) -> None:
+        for model in self.models.values():
+            model.close()
+
+
+class Tagger:
+    name: str = ""
+    fields: tuple[str, ...] = ()
+
+    def __init__(self, cfg: MagpieConfig, models: Models) -> None:
+        self.cfg, self.tc, self.models = cfg, cfg.tag, models
+
+    def model_ids(self) -> set[str]:
+        """Identities of the pooled chat models this tagger uses (to close engines after their last user)."""
+        return set()
+
+    def prepare(self) -> None:
+        """Load what can fail on bad config before any shard is written."""
+
+    def run(self, records: Sequence[Record]) -> list[TagRow]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Free models that are not pooled."""
+
+    def model_name(self) -> str | None:
+        return None
+
+
+class LengthTagger(Tagger):
+    name = "length"
+    fields = ("instruction_length", "response_length", "instruction_tokens", "response_tokens")
+
+    def prepare(self) -> None:
+        from transformers import AutoTokenizer
+
+        path = resolve_model(self.cfg.generator.model, Path(self.cfg.paths.cache_dir))
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.cfg.generator.trust_remote_code)
+
+    def model_name(self) -> str:
+        return f"{self.cfg.generator.name} tokenizer"
+
+    def run(self, records: Sequence[Record]) -> list[TagRow]:
+        rows = []
+        for record in records:
+            ins, res = first_exchange(record)
+            rows.append({"instruction_length": len(ins), "response_length": len(res),
+                         "instruction_tokens": len(self.tokenizer.encode(ins, add_special_tokens=False)),
+                         "response_tokens": len(self.tokenizer.encode(res, add_special_tokens=False))})
+        return rows
+
+
+class LanguageTagger(Tagger):
+    """ISO 639-1 code of the instruction's language (lingua over all languages, as the official tagger)."""
+
+    name = "language"
+    fields = ("language",)
+
+    def prepare(self) -> None:
+        from lingua import LanguageDetectorBuilder
+
+        self.detector = LanguageDetectorBuilder.from_all_languages().build()
+
+    def model_name(self) -> str:
+        return "lingua"
+
+    def run(self, records: Sequence[Record]) -> list[TagRow]:
+        texts = [first_exchange(r)[0] for r in records]
+        found = self.detector.detect_languages_in_parallel_of(texts)
+        rows: list[TagRow] = []
+        for text, lang in zip(texts, found, strict=True):
+            if lang is None:
+                rows.append({"language": None, "_error": "empty" if not text.strip() else "undetected"})
+            else:
+                rows.append({"language": lang.iso_code_639_1.name})
+        return rows
+
+
+class JudgeTagger(Tagger):
+    """quality / difficulty / task_category / judge_score: one JSON-schema-constrained judge answer per record."""
+
+    task_name = ""
+
+    def __init__(self, cfg: MagpieConfig, models: Models) -> None:
+        super().__init__(cfg, models)
+        self.task: JudgeTask = judge_tasks(cfg.tag.explanation_chars)[self.task_name]
+        self.fields = tuple(self.task.fields.values())
+
+    def model_ids(self) -> set[str]:
+        return {Models.identity(self.tc.judge)}
+
+    def prepare(self) -> None:
+        self.judge = self.models.get("tag.judge", self.tc.judge)
+
+    def model_name(self) -> str:
+        return self.tc.judge.name
+
+    def judge_records(self, task: JudgeTask, pairs: Sequence[tuple[str, str]]) -> list[tuple[dict[str, Any], str | None]]:
+        spec = SamplingSpec(temperature=0.0, max_tokens=self.tc.judge_max_tokens, json_schema=task.schema_json,
+                            seed=self.cfg.seed)
+        requests = [Request(self.judge.chat_ids([{"role": "user", "content": task.render(i, r)}]), spec) for i, r in pairs]
+        return [parse_judgement(task, c.text, c.finish_reason) for c in self.judge.generate(requests)]
+
+    def run(self, records: Sequence[Record]) -> list[TagRow]:
+        rows = []
+        for fields, error in self.judge_records(self.task, [first_exchange(r) for r in records]):
+            rows.append({**fields, **({"_error": error} if error else {})})
+        return rows
+
+
+class QualityTagger(JudgeTagger):
+    name = task_name = "quality"
+
+
+class DifficultyTagger(JudgeTagger):
+    name = task_name = "difficulty"
+
+
+class TaskCategoryTagger(JudgeTagger):
+    name = task_name = "task_category"
+
+
+class JudgeScoreTagger(JudgeTagger):
+    name = task_name = "judge_score"
+
+
+class SafetyTagger(Tagger):
+    """A guard model's verdict on the first exchange: ``safety`` (safe/unsafe) and ``safety_categories``.
+
+    ``tag.guard_format=chat_template``: the guard's own chat template builds the classification prompt from the
+    [user, assistant] conversation (Llama Guard 2/3). ``instruction``: our Llama-Guard-style request goes to a
+    chat model as a user turn (a stand-in guard). Either way the verdict is constrained to the
+    "safe" / "unsafe\\nS<n>[,S<n>...]" format and parsed strictly.
+    """
+
+    name = "safety"
+    fields = ("safety", "safety_categories", "safety_raw")
+
+    def model_ids(self) -> set[str]:
+        return {Models.identity(self.tc.guard)}
+
+    def prepare(self) -> None:
+        self.guard = self.models.get("tag.guard", self.tc.guard)
+
+    def model_name(self) -> str:
+        return self.tc.guard.name
+
+    def prompt_ids(self, instruction: str, response: str) -> list[int]:
+        if self.tc.guard_format == "instruction":
+            return self.guard.chat_ids([{"role": "user", "content": guard_prompt(instruction, response)}])
+        return self.guard.chat_ids([{"role": "user", "content": instruction}, {"role": "assistant", "content": response}])
+
+    def run(self, records: Sequence[Record]) -> list[TagRow]:
+        spec = SamplingSpec(temperature=0.0, max_tokens=24, regex=GUARD_REGEX, seed=self.cfg.seed)
+        requests = [Request(self.prompt_ids(*first_exchange(r)), spec) for r in records]
+        rows = []
+        for completion in self.guard.generate(requests):
+            label, categories, error = parse_guard(completion.text)
+            row = {"safety": label, "safety_categories": categories if label else None, "safety_raw": completion.text}
+            rows.append({**row, **({"_error": error} if error else {})})
+        return rows
+
+
+class Scorer:
+    """Reward of (instruction, response) pairs: a sequence-classification model, or the judge's 1-10 score."""
+
+    def __init__(self, cfg: MagpieConfig, models: Models) -> None:
+        self.tc = cfg.tag
+        self.rm = None
+        self.judge: JudgeTagger | None = None
+        if self.tc.reward_source == "model":
+            from magpie_exp.scoring import RewardModel
+
+            rmc = self.tc.reward_model
+            path = resolve_model(rmc.model, Path(cfg.paths.cache_dir), key="tag.reward_model.model")
+            self.rm = RewardModel(path, rmc.batch_size, rmc.max_length, rmc.dtype, rmc.trust_remote_code)
+        else:
+            self.judge = JudgeScoreTagger(cfg, models)
+            self.judge.prepare()
+
+    @property
+    def name(self) -> str:
+        return self.tc.reward_model.name if self.tc.reward_source == "model" else f"{self.tc.judge.name} (judge score)"
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float | None, str | None]]:
+        if self.rm is not None:
+            convs = [[{"role": "user", "content": i}, {"role": "assistant", "content": r}] for i, r in pairs]
+            return [(s, None) for s in self.rm.score(convs)]
+        assert self.judge is not None
+        out = self.judge.judge_records(self.judge.task, pairs)
+        return [(None if f["judge_score"] is None else float(f["judge_score"]), e) for f, e in out]
+
+    def close(self) -> None:
+        self.rm = None
+
+
+class RewardTagger(Tagger):
+    name = "reward"
+    fields = ("reward",)
+
+    def model_ids(self) -> set[str]:
+        return {Models.identity(self.tc.judge)} if self.tc.reward_source == "judge" else set()
+
+    def prepare(self) -> None:
+        self.scorer = Scorer(self.cfg, self.models)
+
+    def model_name(self) -> str:
+        return self.scorer.name
+
+    def run(self, records: Sequence[Record]) -> list[TagRow]:
+        pairs = [first_exchange(r) for r in records]
+        return [{"reward": s, **({"_error": e} if e else {})} for s, e in self.scorer.score(pairs)]
+
+    def close(self) -> None:
+        self.scorer.close()
+
+
+# URIAL-style prompt for a base model (our wording; in-context examples show the answer style).
+URIAL_PREFIX = """# Instructions
+
+Below are conversations between a curious user and a helpful, honest AI assistant. The assistant answers each \
+query accurately and clearly, with useful detail, and says so when it does not know.
+
+# Query:
+```
+What is the boiling point of water at sea level?
+```
+
+# Answer:
+```
+At sea level, water boils at 100 degrees Celsius (212 degrees Fahrenheit). At higher altitudes the air \
+pressure is lower, so water boils at a lower temperature.
+```
+
+# Query:
+```
+Give me two tips for writing a clear email.
+```
+
+# Answer:
+```
+1. Put the main point or request in the first sentence, so the reader knows at once what you need.
+2. Keep it short: one topic per email, short paragraphs, and a subject line that says what it is about.
+```
+
+"""
+
+
+def urial_prompt(instruction: str) -> str:
+    return f"{URIAL_PREFIX}# Query:\n```\n{instruction}\n```\n\n# Answer:\n```\n"
+
+
+class BaseRewardTagger(Tagger):
+    """The paper's reward difference: a base model answers URIAL-style, the same reward scores that answer.
+
+    Writes ``base_response``, ``base_reward``; the stage adds ``reward_difference = reward - base_reward``.
+    """
+
+    name = "base_reward"
+    fields = ("base_response", "base_finish_reason", "base_reward")
+
+    def model_ids(self) -> set[str]:
+        ids = {Models.identity(self.tc.base_model)}
+        return ids | ({Models.identity(self.tc.judge)} if self.tc.reward_source == "judge" else set())
+
+    def prepare(self) -> None:
+        self.base = self.models.get("tag.base_model", self.tc.base_model)
+        self.scorer = Scorer(self.cfg, self.models)
+
+    def model_name(self) -> str:
+        return f"{self.tc.base_model.name} (URIAL) scored by {self.scorer.name}"
+
+    def run(self, records: Sequence[Record]) -> list[TagRow]:
+        spec = SamplingSpec(temperature=0.0, max_tokens=self.tc.base_max_tokens, stop=("```", "# Query"),
+                            seed=self.cfg.seed)
+        instructions = [first_exchange(r)[0] for r in records]
+        outs = self.base.generate([Request(self.base.raw_ids(urial_prompt(i)), spec) for i in instructions])
+        answers = [o.text.strip() for o in outs]
+        scores = self.scorer.score(list(zip(instructions, answers, strict=True)))
+        rows = []
+        for out, answer, (score, error) in zip(outs, answers, scores, strict=True):
+            row = {"base_response": answer, "base_finish_reason": out.finish_reason, "base_reward": score}
+            rows.append({**row, **({"_error": error} if error else {})})
+        return rows
+
+    def close(self) -> None:
+        self.scorer.close()
+
+
+class EmbeddingTagger(Tagger):
+    """Unit-norm sentence embeddings of the instruction (kept beside the shard as .npy for dedup and plots)."""
+
+    name = "embedding"
+    fields = ()
+
+    def prepare(self) -> None:
+        from magpie_exp.scoring import Embedder
+
+        e = self.tc.embedder
+        self.embedder = Embedder(e.model, e.batch_size, e.device)
+
+    def model_name(self) -> str:
+        return self.tc.embedder.name
+
+    def embed(self, records: Sequence[Record]):  # noqa: ANN201 - np.ndarray
+        return self.embedder.encode([first_exchange(r)[0] for r in records])
+
+    def run(self, records: Sequence[Record]) -> list[TagRow]:
+        return [{} for _ in records]
+
+    def close(self) -> None:
+        self.embedder = None
+
+
+TAGGER_CLASSES: dict[str, type[Tagger]] = {
+    cls.name: cls
+    for cls in (LengthTagger, LanguageTagger, EmbeddingTagger, SafetyTagger, BaseRewardTagger, RewardTagger,
+                QualityTagger, DifficultyTagger, TaskCategoryTagger, JudgeScoreTagger)
+}
+# Run order: cheap CPU taggers first, then by model so each engine starts once and closes after its last user.
+ORDER = tuple(TAGGER_CLASSES)

