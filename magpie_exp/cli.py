@@ -48,6 +48,14 @@ def run_stage(cfg: MagpieConfig) -> dict[str, str]:
         from magpie_exp.tag import run_tag
 
         return {"tag": str(run_tag(cfg).stage_dir)}
+    if cfg.stage == "pair":
+        from magpie_exp.pair import run_pair
+
+        return {"pair": str(run_pair(cfg).stage_dir)}
+    if cfg.stage == "train":
+        from magpie_exp.train import run_train
+
+        return {f"train-{cfg.trainer}": str(run_train(cfg).stage_dir)}
     if cfg.stage == "curate":
         from magpie_exp.curate import run_curate
 

@@ -202,6 +202,66 @@ class CurateConfig:
 
 
 @dataclass
+class PairConfig:
+    num_responses: int = 5  # k responses per instruction, sampled in one request (n=k)
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_tokens: int | None = None  # null = the response generator's response.max_tokens
+    min_margin: float = 0.0  # chosen - rejected must be at least this; ties are always dropped
+    length_control: bool = False  # chosen = best response no longer than length_ratio x the rejected one
+    length_ratio: float = 1.5
+
+
+@dataclass
+class LoraSpec:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str = "all-linear"
+    load_in_4bit: bool = False  # QLoRA (bitsandbytes, GPU only)
+
+
+@dataclass
+class TrainSpec:
+    """Hyper-parameters of one TRL run (SFT or DPO). Names follow TRL's SFTConfig / DPOConfig."""
+
+    name: str = "default"
+    learning_rate: float = 2e-5
+    num_train_epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs (tiny CPU runs)
+    per_device_train_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    max_length: int = 1024
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    precision: str = "auto"  # auto (bf16 where the hardware has it, else fp32) | bf16 | fp16 | fp32
+    gradient_checkpointing: bool = False
+    logging_steps: int = 1
+    save_steps: int = 50  # checkpoints (the unit of resume)
+    save_total_limit: int = 2
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    extra: dict[str, Any] = field(default_factory=dict)  # passed verbatim to SFTConfig / DPOConfig
+
+
+@dataclass
+class SFTSpec(TrainSpec):
+    base_model: str = "embedded:gemma3-270m"  # the base model to fine-tune
+    chat_template: str | None = "gemma"  # built-in: llama3 | gemma | chatml, a .jinja path, or null = the model's own
+    packing: bool = True
+    assistant_only_loss: bool = True  # loss on assistant turns only (needs {% generation %} markers)
+
+
+@dataclass
+class DPOSpec(TrainSpec):
+    init_from: str | None = None  # the model to start from; null = this config's SFT output
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    precompute_ref_log_probs: bool = True  # one pass at the start instead of a second model in memory
+
+
+@dataclass
 class PathsConfig:
     outputs: str = "outputs"  # stage folders go to <outputs>/stages/<stage>/<config hash>
     cache_dir: str = MISSING  # converted embedded models, vLLM/inductor caches
@@ -218,10 +278,14 @@ class MagpieConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     tag: TagConfig = field(default_factory=TagConfig)
     curate: CurateConfig = field(default_factory=CurateConfig)
+    pair: PairConfig = field(default_factory=PairConfig)
+    trainer: str = "sft"  # stage=train runs this: sft | dpo
+    sft: SFTSpec = field(default_factory=SFTSpec)
+    dpo: DPOSpec = field(default_factory=DPOSpec)
     input: str | None = None  # a stage's input: a stage folder or a JSONL file; null = this config's upstream stage
 
 
-STAGES = ("generate", "tag", "curate")
+STAGES = ("generate", "tag", "curate", "pair", "train")
 TAGGERS = ("length", "language", "quality", "difficulty", "task_category", "judge_score", "safety", "reward",
            "base_reward", "embedding")
 JUDGE_TAGGERS = ("quality", "difficulty", "task_category", "judge_score")
@@ -309,6 +373,15 @@ def validate(cfg: MagpieConfig) -> MagpieConfig:
 
     check_tag_config(cfg)
     check_curate_config(cfg.curate)
+    p = cfg.pair
+    _check(p.num_responses >= 2, f"pair.num_responses must be >= 2 (best vs worst needs two); got {p.num_responses}")
+    _check(p.temperature > 0, f"pair.temperature must be > 0 (greedy gives k identical answers); got {p.temperature}")
+    _check(0 < p.top_p <= 1, f"pair.top_p must be in (0, 1]; got {p.top_p}")
+    _check(p.min_margin >= 0, f"pair.min_margin must be >= 0; got {p.min_margin}")
+    _check(p.length_ratio >= 1, f"pair.length_ratio must be >= 1; got {p.length_ratio}")
+    from magpie_exp.train import check_train_config
+
+    check_train_config(cfg)
     return cfg
 
 

@@ -186,6 +186,11 @@ def upstream_dir(cfg: MagpieConfig) -> Path:
     return stage_dir_for(cfg)
 
 
+def stage_dir_for(cfg: MagpieConfig) -> Path:
+    source = open_input(cfg, "curate", lambda: upstream_dir(cfg))
+    return stage_folder(cfg, "curate", stage_config(cfg, source.key))
+
+
 def check_inputs(cfg: MagpieConfig, source: StageInput) -> None:
     """A rule on a field that the input's tag stage never wrote is a config error, not 100% drops."""
     taggers = source.manifest.get("config", {}).get("tag", {}).get("taggers")

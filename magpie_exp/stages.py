@@ -25,7 +25,7 @@ from magpie_exp.records import Record, record_id
 from magpie_exp.shards import ShardStore
 
 _SHAREGPT_ROLE = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-UPSTREAM = {"tag": "generate", "curate": "tag"}
+UPSTREAM = {"tag": "generate", "curate": "tag", "pair": "curate", "train": "curate"}
 
 
 def config_hash(payload: dict[str, Any]) -> str:

@@ -64,23 +64,6 @@ def test_input_layouts_and_bad_rows() -> None:
         normalize_row({"messages": [{"role": "bot", "content": "x"}]}, 4, "f")
 
 
-@pytest.fixture(scope="session")
-def tiny_reward_model(smollm2_dir, tmp_path_factory) -> Path:
-    """A randomly initialised 2-layer Llama sequence classifier with SmolLM2's tokenizer and chat template."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
-
-    out = tmp_path_factory.mktemp("tiny-rm")
-    tok = AutoTokenizer.from_pretrained(smollm2_dir)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, num_labels=1,
-                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    LlamaForSequenceClassification(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 def test_reward_model_batches_equal_single_scores(tiny_reward_model) -> None:
     from magpie_exp.scoring import RewardModel
 

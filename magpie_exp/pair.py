@@ -1,0 +1,221 @@
+"""The pair stage: k responses per instruction in one request, reward-ranked into DPO preference pairs.
+
+    magpie-exp stage=pair                                     # this config's curated records
+    magpie-exp stage=pair pair.num_responses=5 pair.temperature=0.8 tag/reward_model=armorm-llama3-8b
+
+For each record the response model (``response_generator``, default the generator, as in the paper) samples
+``pair.num_responses`` answers to the first instruction in one request (n=k from one prompt: prefix caching),
+the configured reward (``tag.reward_source``: a sequence-classification model or the judge score) scores them
+in batches, and chosen = best, rejected = worst. A pair is dropped, and counted by reason, when fewer than two
+responses were scored, when the best and worst tie, or when the margin is below ``pair.min_margin``. With
+``pair.length_control`` the chosen answer is the best one no longer than ``pair.length_ratio`` times the
+rejected one, so the pair does not teach "longer is better". Output rows are TRL's conversational preference
+format (``prompt`` / ``chosen`` / ``rejected`` message lists) with every score kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from collections.abc import Sequence
+
+from magpie_exp import __version__
+from magpie_exp.config import ConfigError, MagpieConfig, as_plain
+from magpie_exp.engines import Engine, Request, SamplingSpec
+from magpie_exp.generate import _stable_seed
+from magpie_exp.generators import load_side
+from magpie_exp.records import Record, write_jsonl
+from magpie_exp.shards import ShardStore
+from magpie_exp.stages import StageResult, check_writable, config_hash, open_input, stage_folder
+from magpie_exp.taggers import Models, Scorer, first_exchange
+from magpie_exp.templates import response_prompt
+
+log = logging.getLogger(__name__)
+
+STAGE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Choice:
+    chosen: int | None
+    rejected: int | None
+    margin: float | None
+    reason: str | None  # why no pair was formed
+
+
+def choose_pair(scores: Sequence[float | None], lengths: Sequence[int], min_margin: float = 0.0,
+                length_control: bool = False, length_ratio: float = 1.5) -> Choice:
+    """Best vs worst by score (ties broken by index); ``None`` scores are left out."""
+    scored = [(s, i) for i, s in enumerate(scores) if s is not None]
+    if len(scored) < 2:
+        return Choice(None, None, None, "fewer than 2 scored responses")
+    worst_score, worst = min(scored)
+    if length_control:
+        limit = length_ratio * max(lengths[worst], 1)
+        scored = [(s, i) for s, i in scored if lengths[i] <= limit and i != worst]
+        if not scored:
+            return Choice(None, None, None, "length control: no other response short enough")
+    best_score, best = max(scored, key=lambda si: (si[0], -si[1]))
+    margin = best_score - worst_score
+    if margin == 0:
+        return Choice(None, None, 0.0, "tie")
+    if margin < min_margin:
+        return Choice(None, None, margin, f"margin < {min_margin}")
+    return Choice(best, worst, margin, None)
+
+
+def stage_config(cfg: MagpieConfig, input_key: str) -> dict[str, Any]:
+    res = cfg.response_generator or cfg.generator
+    tag = cfg.tag
+    scorer = (as_plain(tag.reward_model) if tag.reward_source == "model"
+              else {"judge": as_plain(tag.judge), "explanation_chars": tag.explanation_chars, "max_tokens": tag.judge_max_tokens})
+    return {"stage": "pair", "stage_version": STAGE_VERSION, "input": input_key, "seed": cfg.seed,
+            "response_generator": as_plain(res), "engine": {"type": cfg.engine.type, "dtype": cfg.engine.dtype},
+            "pair": as_plain(cfg.pair), "reward": {"source": tag.reward_source, **scorer}}
+
+
+def upstream_dir(cfg: MagpieConfig) -> Path:
+    from magpie_exp.curate import stage_dir_for
+
+    return stage_dir_for(cfg)
+
+
+def stage_dir_for(cfg: MagpieConfig) -> Path:
+    source = open_input(cfg, "pair", lambda: upstream_dir(cfg))
+    return stage_folder(cfg, "pair", stage_config(cfg, source.key))
+
+
+class PairStage:
+    def __init__(self, cfg: MagpieConfig, engines: dict[str, Engine] | None) -> None:
+        self.cfg, self.p = cfg, cfg.pair
+        gen = cfg.response_generator or cfg.generator
+        key = "response_generator" if cfg.response_generator is not None else "generator"
+        self.side = load_side(key, gen, Path(cfg.paths.cache_dir))
+        self.models = Models(cfg, engines)
+        self.chat = self.models.get(key, gen)
+        self.scorer: Scorer | None = None
+        self.seconds = {"generate": 0.0, "score": 0.0}
+
+    def spec(self, seed: int) -> SamplingSpec:
+        r = self.side.cfg.response
+        return SamplingSpec(n=self.p.num_responses, temperature=self.p.temperature, top_p=self.p.top_p,
+                            max_tokens=self.p.max_tokens or r.max_tokens, stop_token_ids=self.side.stop_token_ids,
+                            seed=seed, repetition_penalty=r.repetition_penalty)
+
+    def make_shard(self, records: list[Record], stats: Counter) -> list[dict[str, Any]]:
+        prompts = [[{"role": "user", "content": first_exchange(r)[0]}] for r in records]
+        seeds = [_stable_seed(self.cfg.seed, r["id"], "pair") for r in records]
+        requests = [Request(self.side.encode(response_prompt(self.side.render, p)), self.spec(s))
+                    for p, s in zip(prompts, seeds, strict=True)]
+        start = time.perf_counter()
+        if self.chat.engine is None:
+            from magpie_exp.engines import build_engine
+
+            self.chat.engine = build_engine(self.cfg.engine, self.side.cfg, self.side.model_path, self.cfg.seed)
+        outputs = self.chat.engine.generate(requests)
+        self.seconds["generate"] += time.perf_counter() - start
+        if self.scorer is None:
+            self.scorer = Scorer(self.cfg, self.models)
+        flat = [(i, j, c.text.strip()) for i, out in enumerate(outputs) for j, c in enumerate(out)]
+        start = time.perf_counter()
+        scored = self.scorer.score([(prompts[i][0]["content"], text) for i, _, text in flat])
+        self.seconds["score"] += time.perf_counter() - start
+        scores: list[list[float | None]] = [[None] * len(out) for out in outputs]
+        for (i, j, text), (score, error) in zip(flat, scored, strict=True):
+            scores[i][j] = score if text else None  # an empty answer is never chosen nor rejected
+            stats["responses"] += 1
+            stats["empty_responses"] += not text
+            if error:
+                stats[f"score_failed:{error.split(':')[0]}"] += 1
+        rows = []
+        for record, prompt, out, row_scores, seed in zip(records, prompts, outputs, scores, seeds, strict=True):
+            texts = [c.text.strip() for c in out]
+            choice = choose_pair(row_scores, [len(t) for t in texts], self.p.min_margin, self.p.length_control,
+                                 self.p.length_ratio)
+            if choice.reason:
+                stats[f"dropped:{choice.reason}"] += 1
+                continue
+            stats["pairs"] += 1
+            rows.append({
+                "id": record["id"],
+                "prompt": prompt,
+                "chosen": [{"role": "assistant", "content": texts[choice.chosen]}],
+                "rejected": [{"role": "assistant", "content": texts[choice.rejected]}],
+                "responses": texts,
+                "scores": row_scores,
+                "finish_reasons": [c.finish_reason for c in out],
+                "chosen_index": choice.chosen, "rejected_index": choice.rejected,
+                "chosen_score": row_scores[choice.chosen], "rejected_score": row_scores[choice.rejected],
+                "margin": round(choice.margin, 6),
+                "strategy": "best-vs-worst" + (f", length-controlled x{self.p.length_ratio}" if self.p.length_control else ""),
+                "reward": self.scorer.name, "generator": self.side.cfg.name, "seed": seed,
+            })
+        return rows
+
+    def close(self) -> None:
+        if self.scorer is not None:
+            self.scorer.close()
+        self.models.close()
+
+
+def run_pair(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, show_progress: bool = True) -> StageResult:
+    """Run (or resume, or reuse) the pair stage; ``engines`` maps model specs to already-built engines."""
+    from tqdm.auto import tqdm
+
+    check_writable(Path(cfg.paths.outputs), "paths.outputs")
+    source = open_input(cfg, "pair", lambda: upstream_dir(cfg))
+    payload = stage_config(cfg, source.key)
+    stage_dir = stage_folder(cfg, "pair", payload)
+    export = stage_dir / "export" / "pairs.jsonl"
+    store = ShardStore(stage_dir, "pair", config_hash(payload), payload) if (stage_dir / "manifest.json").exists() else None
+    if store is not None:
+        store.verify()
+        if store.complete and export.exists():
+            log.info("cache hit: pair stage %s (%d pairs)", stage_dir, store.record_count())
+            return StageResult(stage_dir, json.loads((stage_dir / "stats.json").read_text()), {"pairs": str(export)}, True)
+    stage = PairStage(cfg, engines)  # bad models fail here, before anything is written
+    store = store or ShardStore(stage_dir, "pair", config_hash(payload), payload)
+    totals: Counter = Counter()
+    try:
+        todo = [s for s in source.shard_names if s not in store.done()]
+        total = sum(info.get("records", 0) for info in source.manifest.get("shards", {}).values()) or None
+        with tqdm(total=total, unit="rec", desc="pair", disable=not show_progress, dynamic_ncols=True) as bar:
+            for shard in todo:
+                records = list(source.read(shard))
+                stats: Counter = Counter()
+                start = time.perf_counter()
+                rows = stage.make_shard(records, stats)
+                store.write_shard(shard, rows, {"stats": dict(stats), "seconds": round(time.perf_counter() - start, 2)})
+                bar.update(len(records))
+    finally:
+        stage.close()
+    for info in store.manifest["shards"].values():
+        totals.update(info.get("stats", {}))
+    n_input = sum(1 for _ in source.records())
+    if totals["pairs"] == 0:
+        raise ConfigError(f"pair: no preference pair survived ({dict(totals)}); lower pair.min_margin, raise "
+                          "pair.num_responses or pair.temperature, or check the reward model")
+    stats = {"input_records": n_input, "pairs": totals["pairs"],
+             "dropped": {k.split(":", 1)[1]: v for k, v in totals.items() if k.startswith("dropped:")},
+             "responses": totals["responses"], "empty_responses": totals["empty_responses"],
+             "score_failures": {k.split(":", 1)[1]: v for k, v in totals.items() if k.startswith("score_failed:")},
+             "margin": _margin_summary(store), "seconds": stage.seconds, "code_version": __version__}
+    (stage_dir / "stats.json").write_text(json.dumps(stats, indent=1))
+    export.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(export, ({k: r[k] for k in ("id", "prompt", "chosen", "rejected", "chosen_score", "rejected_score", "margin")}
+                         for r in store.records()))
+    store.mark_complete(records=stats["pairs"])
+    log.info("pair: %d pairs from %d records; dropped %s", stats["pairs"], n_input, stats["dropped"] or "none")
+    return StageResult(stage_dir, stats, {"pairs": str(export)}, False)
+
+
+def _margin_summary(store: ShardStore) -> dict[str, float]:
+    margins = sorted(r["margin"] for r in store.records())
+    if not margins:
+        return {}
+    return {"min": margins[0], "median": margins[len(margins) // 2], "max": margins[-1]}

@@ -1,0 +1,343 @@
+"""The train stage: TRL SFT on the curated conversations, then TRL DPO on the preference pairs.
+
+    magpie-exp stage=train trainer=sft                       # SFT the base model on this config's curated data
+    magpie-exp stage=train trainer=dpo                       # DPO from this config's SFT output on its pairs
+    magpie-exp stage=train trainer=sft sft=llama3-8b-paper   # the paper's recipe (GPU; see recipes/)
+    accelerate launch --config_file recipes/accelerate/fsdp.yaml -m magpie_exp.cli stage=train sft=llama3-8b-paper
+
+TRL's ``SFTConfig`` / ``DPOConfig`` are built from the Hydra config (``sft.*`` / ``dpo.*``, anything else via
+``sft.extra``) and the trainers are called as they are. A base model gets a chat template (``sft.chat_template``:
+Llama-3's on Llama-3-8B-Base as in the paper, Gemma's turn format on Gemma-3-270M) with ``{% generation %}``
+markers, so the loss covers assistant turns only; its end-of-turn token becomes the saved model's stop token.
+Checkpoints go to ``<stage>/checkpoints``: a killed run resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from magpie_exp import __version__
+from magpie_exp.config import ConfigError, DPOSpec, MagpieConfig, SFTSpec, TrainSpec, as_plain
+from magpie_exp.models import resolve_model
+from magpie_exp.records import training_messages
+from magpie_exp.stages import StageResult, check_writable, config_hash, open_input, stage_folder
+
+log = logging.getLogger(__name__)
+
+STAGE_VERSION = 1
+
+# Chat templates for base models, with {% generation %} markers for assistant-only loss (TRL).
+CHAT_TEMPLATES: dict[str, tuple[str, str]] = {  # name -> (template, end-of-turn token)
+    "llama3": (
+        "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+        "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] | trim }}<|eot_id|>{% endgeneration %}"
+        "{% else %}{{ m['content'] | trim }}<|eot_id|>{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}",
+        "<|eot_id|>",
+    ),
+    "gemma": (
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'assistant' %}<start_of_turn>model\n"
+        "{% generation %}{{ m['content'] | trim }}<end_of_turn>\n{% endgeneration %}"
+        "{% else %}<start_of_turn>user\n{{ m['content'] | trim }}<end_of_turn>\n{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}",
+        "<end_of_turn>",
+    ),
+    "chatml": (
+        "{% for m in messages %}{% if m['role'] == 'assistant' %}<|im_start|>assistant\n"
+        "{% generation %}{{ m['content'] }}<|im_end|>\n{% endgeneration %}"
+        "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+        "<|im_end|>",
+    ),
+}
+
+
+def has_native_bf16() -> bool:
+    import torch
+
+    from magpie_exp.engines.hardware import cpu_has_bf16
+
+    return (torch.cuda.is_available() and torch.cuda.is_bf16_supported()) or (not torch.cuda.is_available() and cpu_has_bf16())
+
+
+def precision(spec: TrainSpec, key: str) -> str:
+    if spec.precision == "auto":
+        return "bf16" if has_native_bf16() else "fp32"
+    if spec.precision == "bf16" and not has_native_bf16():
+        raise ConfigError(f"{key}.precision=bf16 but this machine has no native bf16 (no GPU, and the CPU lacks "
+                          f"avx512_bf16/AMX, so it would run emulated and ~4x slower); use {key}.precision=auto or fp32")
+    if spec.precision == "fp16" and not __import__("torch").cuda.is_available():
+        raise ConfigError(f"{key}.precision=fp16 needs a GPU; use {key}.precision=auto or fp32")
+    return spec.precision
+
+
+def _spec(cfg: MagpieConfig) -> tuple[str, SFTSpec | DPOSpec]:
+    return cfg.trainer, (cfg.sft if cfg.trainer == "sft" else cfg.dpo)
+
+
+def sft_stage_config(cfg: MagpieConfig, input_key: str) -> dict[str, Any]:
+    return {"stage": "train", "trainer": "sft", "stage_version": STAGE_VERSION, "input": input_key, "seed": cfg.seed,
+            "sft": as_plain(cfg.sft)}
+
+
+def sft_dir_for(cfg: MagpieConfig) -> Path:
+    from magpie_exp.curate import stage_dir_for as curate_dir
+
+    import dataclasses
+
+    plain = dataclasses.replace(cfg, input=None)  # the SFT input is the curated data, whatever DPO reads
+    source = open_input(plain, "train", lambda: curate_dir(plain))
+    return stage_folder(cfg, "train", sft_stage_config(cfg, source.key))
+
+
+def dpo_stage_config(cfg: MagpieConfig, input_key: str, init_key: str) -> dict[str, Any]:
+    return {"stage": "train", "trainer": "dpo", "stage_version": STAGE_VERSION, "input": input_key, "init": init_key,
+            "seed": cfg.seed, "dpo": as_plain(cfg.dpo)}
+
+
+def load_sft_rows(cfg: MagpieConfig) -> tuple[str, list[dict[str, Any]]]:
+    from magpie_exp.curate import stage_dir_for as curate_dir
+
+    source = open_input(cfg, "train", lambda: curate_dir(cfg))
+    rows = [{"messages": training_messages(r, cfg.generate.include_system)} for r in source.records()]
+    return source.key, rows
+
+
+def load_dpo_rows(cfg: MagpieConfig) -> tuple[str, list[dict[str, Any]]]:
+    path = Path(cfg.input).expanduser() if cfg.input else None
+    if path is None:
+        from magpie_exp.pair import stage_dir_for as pair_dir
+
+        path = pair_dir(cfg) / "export" / "pairs.jsonl"
+        hint = "run `magpie-exp stage=pair` with the same config first, or set input=<pairs.jsonl>"
+    else:
+        path = path / "export" / "pairs.jsonl" if path.is_dir() else path
+        hint = "give a pairs JSONL (prompt / chosen / rejected message lists) or a pair stage folder"
+    if not path.exists():
+        raise ConfigError(f"input: '{path}' does not exist; {hint}")
+    rows = []
+    with path.open() as handle:
+        for number, line in enumerate(handle, 1):
+            row = json.loads(line)
+            if not all(isinstance(row.get(k), list) and row[k] for k in ("prompt", "chosen", "rejected")):
+                raise ConfigError(f"input: {path} line {number} is not a conversational preference pair "
+                                  "(prompt, chosen, rejected message lists); point input at the pair stage's pairs.jsonl")
+            rows.append({k: row[k] for k in ("prompt", "chosen", "rejected")})
+    import hashlib
+
+    return f"pairs:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}", rows
+
+
+def prepare_tokenizer(model_path: str, spec: SFTSpec | DPOSpec, key: str) -> tuple[Any, str | None]:
+    """The tokenizer with a training chat template and a pad token; returns it and the end-of-turn token."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    eot = None
+    name = getattr(spec, "chat_template", None)
+    if name is not None:
+        if name in CHAT_TEMPLATES:
+            tok.chat_template, eot = CHAT_TEMPLATES[name]
+        elif name.endswith(".jinja") and Path(name).exists():
+            tok.chat_template = Path(name).read_text()
+        else:
+            raise ConfigError(f"{key}.chat_template: '{name}' is neither a built-in ({', '.join(CHAT_TEMPLATES)}) "
+                              "nor an existing .jinja file")
+    if not tok.chat_template:
+        raise ConfigError(f"{key}: '{model_path}' has no chat template; set {key}.chat_template to one of "
+                          f"{', '.join(CHAT_TEMPLATES)} or a .jinja file")
+    if tok.pad_token is None:  # batches need padding; eos is a safe pad when labels mask padding
+        log.warning("%s: the tokenizer has no pad token; using its eos token %r for padding", key, tok.eos_token)
+        tok.pad_token = tok.eos_token
+    return tok, eot
+
+
+def _training_args(spec: TrainSpec, key: str, out: Path, seed: int, extra: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    prec = precision(spec, key)
+    args = dict(
+        output_dir=str(out / "checkpoints"), learning_rate=spec.learning_rate, num_train_epochs=spec.num_train_epochs,
+        max_steps=spec.max_steps, per_device_train_batch_size=spec.per_device_train_batch_size,
+        gradient_accumulation_steps=spec.gradient_accumulation_steps, max_length=spec.max_length,
+        lr_scheduler_type=spec.lr_scheduler_type, warmup_steps=spec.warmup_steps, weight_decay=spec.weight_decay,
+        gradient_checkpointing=spec.gradient_checkpointing, logging_steps=spec.logging_steps,
+        save_strategy="steps", save_steps=spec.save_steps, save_total_limit=spec.save_total_limit, seed=seed,
+        report_to=[], bf16=prec == "bf16", fp16=prec == "fp16", use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+    )
+    args.update(extra)
+    args.update(spec.extra)
+    return args
+
+
+def _lora(spec: TrainSpec) -> Any:
+    if not spec.lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
+                      target_modules=spec.lora.target_modules, task_type="CAUSAL_LM")
+
+
+def _load_model(model_path: str, spec: TrainSpec, key: str) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision(spec, key), torch.float32)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if spec.lora.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    if getattr(model, "hf_quantizer", None) is not None and not spec.lora.load_in_4bit:
+        model.hf_quantizer = None
+    return model
+
+
+def _last_checkpoint(out: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = out / "checkpoints"
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def _finish(trainer: Any, tok: Any, eot: str | None, out: Path, stats: dict[str, Any]) -> None:
+    """Save the model with its chat template, and make its end-of-turn token a stop token."""
+    model_dir = out / "model"
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(model_dir))
+        tok.save_pretrained(str(model_dir))
+        from transformers import GenerationConfig
+
+        try:
+            gen = GenerationConfig.from_pretrained(str(model_dir))
+        except OSError:
+            gen = GenerationConfig()
+        stops = [tok.eos_token_id] + ([tok.convert_tokens_to_ids(eot)] if eot else [])
+        gen.eos_token_id = list(dict.fromkeys(i for i in stops if i is not None))
+        gen.pad_token_id = tok.pad_token_id
+        gen.save_pretrained(str(model_dir))
+        (out / "stats.json").write_text(json.dumps(stats, indent=1))
+
+
+def _stats(trainer: Any, spec: TrainSpec, seconds: float, rows: int, extra: dict[str, Any]) -> dict[str, Any]:
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    steps = trainer.state.global_step
+    return {"trainer": type(trainer).__name__, "recipe": spec.name, "rows": rows, "steps": steps,
+            "seconds": round(seconds, 1), "seconds_per_step": round(seconds / max(steps, 1), 2),
+            "loss": [{"step": h["step"], "loss": h["loss"]} for h in history],
+            "final_loss": history[-1]["loss"] if history else None, "log_history": trainer.state.log_history,
+            "world_size": trainer.args.world_size, "code_version": __version__, **extra}
+
+
+def check_eot(tok: Any, eot: str | None, key: str) -> None:
+    if eot is not None and tok.convert_tokens_to_ids(eot) in (None, tok.unk_token_id):
+        raise ConfigError(f"{key}.chat_template: its end-of-turn token {eot!r} is not a single token of this "
+                          "tokenizer; pick the template family of the model (gemma for Gemma, llama3 for Llama-3)")
+
+
+def run_sft(cfg: MagpieConfig) -> StageResult:
+    from trl import SFTConfig, SFTTrainer
+
+    spec = cfg.sft
+    key_in, rows = load_sft_rows(cfg)
+    if not rows:
+        raise ConfigError("sft: the curated dataset is empty; loosen the curate recipe (curate=none) or generate more")
+    out = stage_folder(cfg, "train", sft_stage_config(cfg, key_in))
+    if (out / "model" / "config.json").exists() and (out / "stats.json").exists():
+        log.info("cache hit: SFT model %s", out / "model")
+        return StageResult(out, json.loads((out / "stats.json").read_text()), {"model": str(out / "model")}, True)
+    check_writable(out, "paths.outputs")
+    model_path = resolve_model(spec.base_model, Path(cfg.paths.cache_dir), key="sft.base_model")
+    tok, eot = prepare_tokenizer(model_path, spec, "sft")
+    check_eot(tok, eot, "sft")
+    import datasets
+
+    args = SFTConfig(**_training_args(spec, "sft", out, cfg.seed, dict(
+        packing=spec.packing, assistant_only_loss=spec.assistant_only_loss, eos_token=eot or tok.eos_token)))
+    trainer = SFTTrainer(model=_load_model(model_path, spec, "sft"), args=args,
+                         train_dataset=datasets.Dataset.from_list(rows), processing_class=tok, peft_config=_lora(spec))
+    resume = _last_checkpoint(out)
+    if resume:
+        log.info("resuming SFT from %s", resume)
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume)
+    stats = _stats(trainer, spec, time.perf_counter() - start, len(rows),
+                   {"base_model": spec.base_model, "chat_template": spec.chat_template, "resumed_from": resume})
+    _finish(trainer, tok, eot, out, stats)
+    return StageResult(out, stats, {"model": str(out / "model")}, False)
+
+
+def run_dpo(cfg: MagpieConfig) -> StageResult:
+    from trl import DPOConfig, DPOTrainer
+
+    spec = cfg.dpo
+    fix = "run `magpie-exp stage=train trainer=sft` with the same config first, or set dpo.init_from=<model folder>"
+    if spec.init_from:
+        init = spec.init_from
+    else:
+        try:
+            init = str(sft_dir_for(cfg) / "model")
+        except ConfigError as exc:
+            raise ConfigError(f"dpo.init_from is null and this config's SFT model cannot be located ({exc}); {fix}") from exc
+        if not (Path(init) / "config.json").exists():
+            raise ConfigError(f"dpo.init_from is null and this config's SFT model '{init}' does not exist; {fix}")
+    init_path = resolve_model(init, Path(cfg.paths.cache_dir), key="dpo.init_from")
+    key_in, rows = load_dpo_rows(cfg)
+    if not rows:
+        raise ConfigError("dpo: no preference pairs; run the pair stage (or lower pair.min_margin)")
+    out = stage_folder(cfg, "train", dpo_stage_config(cfg, key_in, config_hash({"init": init_path})))
+    if (out / "model" / "config.json").exists() and (out / "stats.json").exists():
+        log.info("cache hit: DPO model %s", out / "model")
+        return StageResult(out, json.loads((out / "stats.json").read_text()), {"model": str(out / "model")}, True)
+    check_writable(out, "paths.outputs")
+    tok, _ = prepare_tokenizer(init_path, spec, "dpo")
+    eot = next((e for t, e in CHAT_TEMPLATES.values() if t == tok.chat_template), None)
+    import datasets
+
+    args = DPOConfig(**_training_args(spec, "dpo", out, cfg.seed, dict(
+        beta=spec.beta, loss_type=[spec.loss_type], precompute_ref_log_probs=spec.precompute_ref_log_probs)))
+    trainer = DPOTrainer(model=_load_model(init_path, spec, "dpo"), args=args,
+                         train_dataset=datasets.Dataset.from_list(rows), processing_class=tok, peft_config=_lora(spec))
+    resume = _last_checkpoint(out)
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume)
+    stats = _stats(trainer, spec, time.perf_counter() - start, len(rows), {"init_from": init_path, "resumed_from": resume})
+    _finish(trainer, tok, eot, out, stats)
+    return StageResult(out, stats, {"model": str(out / "model")}, False)
+
+
+def run_train(cfg: MagpieConfig) -> StageResult:
+    os.environ.setdefault("WANDB_DISABLED", "true")  # the tracker (issue #6) decides; TRL must not guess
+    return run_sft(cfg) if cfg.trainer == "sft" else run_dpo(cfg)
+
+
+def check_train_config(cfg: MagpieConfig) -> None:
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    need(cfg.trainer in ("sft", "dpo"), f"trainer must be sft or dpo; got {cfg.trainer!r}")
+    for key, spec in (("sft", cfg.sft), ("dpo", cfg.dpo)):
+        need(spec.learning_rate > 0, f"{key}.learning_rate must be > 0; got {spec.learning_rate}")
+        need(spec.max_steps > 0 or spec.num_train_epochs > 0, f"{key}: set {key}.max_steps > 0 or {key}.num_train_epochs > 0")
+        need(spec.per_device_train_batch_size >= 1, f"{key}.per_device_train_batch_size must be >= 1; got {spec.per_device_train_batch_size}")
+        need(spec.gradient_accumulation_steps >= 1, f"{key}.gradient_accumulation_steps must be >= 1; got {spec.gradient_accumulation_steps}")
+        need(spec.max_length >= 16, f"{key}.max_length must be >= 16; got {spec.max_length}")
+        need(spec.precision in ("auto", "bf16", "fp16", "fp32"), f"{key}.precision must be auto, bf16, fp16 or fp32; got {spec.precision!r}")
+        need(spec.save_steps >= 1, f"{key}.save_steps must be >= 1; got {spec.save_steps}")
+        need(not spec.lora.load_in_4bit or spec.lora.enabled, f"{key}.lora.load_in_4bit (QLoRA) needs {key}.lora.enabled=true")
+    need(cfg.sft.chat_template is None or cfg.sft.chat_template in CHAT_TEMPLATES or cfg.sft.chat_template.endswith(".jinja"),
+         f"sft.chat_template must be one of {', '.join(CHAT_TEMPLATES)}, a .jinja path or null; got {cfg.sft.chat_template!r}")
+    need(cfg.dpo.beta > 0, f"dpo.beta must be > 0; got {cfg.dpo.beta}")
+    spec = cfg.sft if cfg.trainer == "sft" else cfg.dpo
+    if cfg.stage == "train":
+        precision(spec, cfg.trainer)  # bf16 asked on hardware without it: say so before anything loads

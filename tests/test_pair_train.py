@@ -1,0 +1,239 @@
+"""Preference pairs and training. Fast: pair selection on hand-built scores. Slow (real models): the pair stage
+with SmolLM2 on vLLM and a real (tiny) reward classifier; TRL SFT and DPO of Gemma-3-270M on CPU in which
+every trainable parameter changes; LoRA; resume from a checkpoint; a 2-process (torchrun) run; bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import CACHE, REPO, schema
+from magpie_exp.config import ConfigError
+from magpie_exp.pair import choose_pair
+
+SMOL = "embedded:smollm2-135m-instruct"
+
+
+@pytest.mark.parametrize(
+    ("scores", "lengths", "kwargs", "expected"),
+    [
+        ([0.1, 0.9, 0.5], [10, 10, 10], {}, (1, 0, None)),
+        ([0.5, 0.5, 0.5], [10, 10, 10], {}, (None, None, "tie")),
+        ([0.50, 0.52], [10, 10], {"min_margin": 0.05}, (None, None, "margin < 0.05")),
+        ([0.1], [10], {}, (None, None, "fewer than 2 scored responses")),
+        ([None, 0.3, None], [10, 10, 10], {}, (None, None, "fewer than 2 scored responses")),
+        ([None, 0.3, 0.7], [10, 10, 10], {}, (2, 1, None)),
+        ([0.9, 0.2, 0.8, 0.8], [10, 10, 10, 10], {}, (0, 1, None)),
+        # length control: the best (index 0) is 5x longer than the rejected one; the next best is kept
+        ([0.9, 0.1, 0.6], [500, 100, 120], {"length_control": True, "length_ratio": 1.5}, (2, 1, None)),
+        ([0.9, 0.1], [500, 100], {"length_control": True}, (None, None, "length control: no other response short enough")),
+    ],
+)
+def test_pair_selection(scores, lengths, kwargs, expected) -> None:
+    choice = choose_pair(scores, lengths, **kwargs)
+    assert (choice.chosen, choice.rejected, choice.reason) == expected
+    if choice.reason is None:
+        assert choice.margin == pytest.approx(scores[choice.chosen] - scores[choice.rejected])
+
+
+def test_pair_and_train_configs() -> None:
+    with pytest.raises(ConfigError, match="pair.num_responses must be >= 2"):
+        schema("pair.num_responses=1")
+    with pytest.raises(ConfigError, match="pair.temperature must be > 0"):
+        schema("pair.temperature=0")
+    with pytest.raises(ConfigError, match="sft.chat_template must be one of"):
+        schema("sft.chat_template=vicuna")
+    paper = schema("sft=llama3-8b-paper", "dpo=llama3-8b-paper")
+    assert (paper.sft.learning_rate, paper.sft.num_train_epochs, paper.sft.max_length, paper.sft.warmup_steps) == (2e-5, 2, 8192, 100)
+    assert paper.sft.per_device_train_batch_size * paper.sft.gradient_accumulation_steps * 4 == 32  # 4 GPUs
+    assert (paper.dpo.beta, paper.dpo.learning_rate, paper.dpo.num_train_epochs) == (0.01, 5e-7, 1)
+    assert paper.dpo.per_device_train_batch_size * paper.dpo.gradient_accumulation_steps * 4 == 128
+    assert paper.sft.chat_template == "llama3" and paper.sft.assistant_only_loss and paper.sft.packing
+
+
+def test_accelerate_launch_configs_parse() -> None:
+    import yaml
+
+    for name, kind in (("fsdp", "FSDP"), ("zero3", "DEEPSPEED")):
+        cfg = yaml.safe_load((REPO / "recipes" / "accelerate" / f"{name}.yaml").read_text())
+        assert cfg["distributed_type"] == kind and cfg["num_processes"] >= 2
+
+
+def test_bf16_on_hardware_without_it_is_refused() -> None:
+    from magpie_exp.train import has_native_bf16
+
+    if has_native_bf16():
+        pytest.skip("this machine has native bf16")
+    with pytest.raises(ConfigError, match="sft.precision=bf16 but this machine has no native bf16.*use sft.precision=auto"):
+        schema("stage=train", "sft.precision=bf16")
+
+
+# -- real runs -----------------------------------------------------------------------------------------------
+
+CONVERSATIONS = [
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("Name three primary colours.", "Red, yellow and blue."),
+    ("How many legs does a spider have?", "A spider has eight legs."),
+    ("Give me a synonym for happy.", "Joyful."),
+    ("What is 12 times 12?", "12 times 12 is 144."),
+    ("Translate 'thank you' into Spanish.", "Gracias."),
+]
+TINY = ["sft.max_steps=2", "sft.max_length=96", "sft.per_device_train_batch_size=2", "sft.save_steps=1",
+        "dpo.max_steps=2", "dpo.max_length=96", "dpo.per_device_train_batch_size=2", "dpo.save_steps=10"]
+
+
+def write_conversations(path: Path) -> Path:
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+                            for q, a in CONVERSATIONS))
+    return path
+
+
+def write_pairs(path: Path) -> Path:
+    rows = [{"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": a}],
+             "rejected": [{"role": "assistant", "content": "I don't know."}]} for q, a in CONVERSATIONS]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory):
+    from magpie_exp.models import embedded_model_dir
+    from magpie_exp.train import run_train
+
+    tmp = tmp_path_factory.mktemp("sft")
+    cfg = schema(f"input={write_conversations(tmp / 'sft.jsonl')}", f"paths.outputs={tmp}", "stage=train", *TINY)
+    return cfg, run_train(cfg), embedded_model_dir("gemma3-270m", CACHE)
+
+
+@pytest.mark.slow
+def test_sft_changes_every_parameter_and_keeps_a_chat_template(sft_run) -> None:
+    from transformers import AutoTokenizer, GenerationConfig
+
+    _, result, base = sft_run
+    model = Path(result.exports["model"])
+    before, after = weights(base), weights(model)
+    trained = [k for k in after if k in before]
+    assert len(trained) >= len(after) - 1 and trained
+    unchanged = [k for k in trained if (after[k].float() - before[k].float()).abs().max() == 0]
+    assert unchanged == [], unchanged[:5]
+    stats = result.stats
+    assert stats["steps"] == 2 and len(stats["loss"]) == 2 and all(e["loss"] > 0 for e in stats["loss"])
+    tok = AutoTokenizer.from_pretrained(model)
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert text.endswith("<start_of_turn>model\n")
+    eot = tok.convert_tokens_to_ids("<end_of_turn>")
+    assert eot in GenerationConfig.from_pretrained(model).eos_token_id
+
+
+@pytest.mark.slow
+def test_sft_resumes_from_its_last_checkpoint(sft_run) -> None:
+    from magpie_exp.train import run_train
+
+    cfg, result, _ = sft_run
+    out = result.stage_dir
+    shutil.rmtree(out / "model")
+    (out / "stats.json").unlink()
+    shutil.rmtree(out / "checkpoints" / "checkpoint-2")  # killed after the first checkpoint
+    again = run_train(cfg)
+    assert again.stats["resumed_from"].endswith("checkpoint-1") and again.stats["steps"] == 2
+    assert run_train(cfg).cache_hit
+
+
+@pytest.mark.slow
+def test_dpo_from_the_sft_model(sft_run, tmp_path: Path) -> None:
+    from magpie_exp.train import run_train
+
+    _, sft, _ = sft_run
+    cfg = schema(f"input={write_pairs(tmp_path / 'pairs.jsonl')}", f"paths.outputs={tmp_path}", "stage=train",
+                 "trainer=dpo", f"dpo.init_from={sft.exports['model']}", *TINY)
+    result = run_train(cfg)
+    before, after = weights(Path(sft.exports["model"])), weights(Path(result.exports["model"]))
+    assert [k for k in after if (after[k].float() - before[k].float()).abs().max() == 0] == []
+    losses = [entry["loss"] for entry in result.stats["loss"]]
+    assert len(losses) == 2 and abs(losses[0] - 0.6931) < 0.05  # starts at log 2: policy == reference
+
+
+@pytest.mark.slow
+def test_lora_sft_trains_only_the_adapter(tmp_path: Path) -> None:
+    from magpie_exp.train import run_train
+
+    cfg = schema(f"input={write_conversations(tmp_path / 'sft.jsonl')}", f"paths.outputs={tmp_path}", "stage=train",
+                 "sft.lora.enabled=true", "sft.lora.r=4", "sft.learning_rate=1e-3", *TINY, "sft.max_steps=1",
+                 "sft.warmup_steps=0")
+    result = run_train(cfg)
+    model = Path(result.exports["model"])
+    assert (model / "adapter_config.json").exists()
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(model / "adapter_model.safetensors"))
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().max() > 0 for v in lora_b)  # B starts at zero: non-zero means it trained
+
+
+@pytest.mark.slow
+def test_pair_stage_with_vllm_and_a_tiny_reward_model(tmp_path: Path, vllm_engine, tiny_reward_model) -> None:
+    from magpie_exp.pair import run_pair
+
+    cfg = schema(f"input={write_conversations(tmp_path / 'in.jsonl')}", f"paths.outputs={tmp_path}", "stage=pair",
+                 "engine.enforce_eager=true", "pair.num_responses=3", "pair.max_tokens=32",
+                 "tag.reward_source=model", f"tag.reward_model.model={tiny_reward_model}", "tag.reward_model.name=tiny-rm")
+    result = run_pair(cfg, engines={SMOL: vllm_engine}, show_progress=False)
+    stats = result.stats
+    assert stats["input_records"] == 6 and stats["responses"] == 18
+    assert stats["pairs"] + sum(stats["dropped"].values()) == 6
+    rows = [json.loads(line) for line in (result.stage_dir / "shards").glob("*.jsonl").__next__().open()]
+    for row in rows:
+        assert len(row["responses"]) == 3 and len(row["scores"]) == 3
+        assert row["chosen_score"] == max(s for s in row["scores"] if s is not None) > row["rejected_score"]
+        assert row["prompt"][0]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
+    exported = [json.loads(line) for line in open(result.exports["pairs"])]
+    assert set(exported[0]) >= {"prompt", "chosen", "rejected", "margin"}
+    assert run_pair(cfg, engines={SMOL: vllm_engine}, show_progress=False).cache_hit
+
+
+@pytest.mark.slow
+def test_two_process_run_on_cpu(tmp_path: Path) -> None:
+    """Two DDP processes (gloo) through torchrun, the launcher accelerate itself uses on GPUs; on CPU
+    `accelerate launch` only starts several processes through MPI."""
+    data = write_conversations(tmp_path / "sft.jsonl")
+    env = {**os.environ, "MAGPIE_EXP_CACHE": str(CACHE), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "-m", "magpie_exp.cli",
+           "stage=train", f"input={data}", f"paths.outputs={tmp_path}", "sft.max_steps=1", "sft.max_length=64",
+           "sft.per_device_train_batch_size=1", "sft.save_steps=10"]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stats = json.loads(next(tmp_path.glob("stages/train/*/stats.json")).read_text())
+    assert stats["steps"] == 1 and stats["world_size"] == 2
+
+
+def test_bad_training_input(tmp_path: Path) -> None:
+    from magpie_exp.models import embedded_model_dir
+    from magpie_exp.train import prepare_tokenizer, run_train
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="is empty"):
+        run_train(schema(f"input={empty}", f"paths.outputs={tmp_path}", "stage=train"))
+    not_pairs = write_conversations(tmp_path / "conv.jsonl")
+    with pytest.raises(ConfigError, match="line 1 is not a conversational preference pair"):
+        run_train(schema(f"input={not_pairs}", f"paths.outputs={tmp_path}", "stage=train", "trainer=dpo",
+                         f"dpo.init_from={embedded_model_dir('gemma3-270m', CACHE)}"))
+    with pytest.raises(ConfigError, match="dpo.init_from is null and this config's SFT model"):
+        run_train(schema(f"input={write_pairs(tmp_path / 'p.jsonl')}", f"paths.outputs={tmp_path}", "stage=train",
+                         "trainer=dpo"))
+    gemma = embedded_model_dir("gemma3-270m", CACHE)  # a base model: no chat template of its own
+    spec = schema("sft.chat_template=null").sft
+    with pytest.raises(ConfigError, match="has no chat template; set sft.chat_template to one of llama3, gemma, chatml"):
+        prepare_tokenizer(str(gemma), spec, "sft")
