@@ -108,11 +108,17 @@ def export_records(
     if "hf" in formats or "parquet" in formats:
         import datasets
 
-        dataset = datasets.Dataset.from_generator(
-            _hf_rows,
-            gen_kwargs={"records": _Replay(records_factory), "include_system": include_system},
-            cache_dir=str(out_dir / ".hf-cache"),
-        )
+        if next(iter(records_factory()), None) is None:  # an empty stream (a recipe that kept nothing)
+            message = datasets.Features({"role": datasets.Value("string"), "content": datasets.Value("string")})
+            features = datasets.Features({"id": datasets.Value("string"), "messages": datasets.List(message),
+                                          "gen": datasets.Value("string"), "tags": datasets.Value("string")})
+            dataset = datasets.Dataset.from_dict({k: [] for k in features}, features=features)
+        else:
+            dataset = datasets.Dataset.from_generator(
+                _hf_rows,
+                gen_kwargs={"records": _Replay(records_factory), "include_system": include_system},
+                cache_dir=str(out_dir / ".hf-cache"),
+            )
         if "hf" in formats:
             target = out_dir / "hf"
             tmp = out_dir / ".hf.tmp"

@@ -139,3 +139,16 @@ def test_empty_input_is_a_clear_error(tmp_path: Path) -> None:
     empty.write_text("")
     with pytest.raises(ConfigError, match="is empty"):
         run_curate(schema(f"input={empty}", f"paths.outputs={tmp_path}"), show_progress=False)
+
+
+def test_a_recipe_that_keeps_nothing_is_a_counted_outcome(tmp_path: Path) -> None:
+    table = write_table(tmp_path / "table.jsonl")
+    cfg = schema(f"input={table}", f"paths.outputs={tmp_path / 'out'}", "curate=none",
+                 "curate.rules=[{field: reward, op: '>', value: 100}]")
+    result = run_curate(cfg, show_progress=False)
+    assert result.stats["kept"] == 0 and result.stats["dropped"]["reward > 100"] == 10
+    assert Path(result.exports["parquet"]).exists() and open(result.exports["messages"]).read() == ""
+    from magpie_exp.stages import open_input
+
+    with pytest.raises(ConfigError, match="holds no records"):
+        open_input(schema(f"input={result.stage_dir}"), "train", lambda: result.stage_dir)
