@@ -120,7 +120,7 @@ class PairStage:
         outputs = self.chat.engine.generate(requests)
         self.seconds["generate"] += time.perf_counter() - start
         if self.scorer is None:
-            self.scorer = Scorer(self.cfg, self.models)
+            self.scorer = self.models.scorer()
         flat = [(i, j, c.text.strip()) for i, out in enumerate(outputs) for j, c in enumerate(out)]
         start = time.perf_counter()
         scored = self.scorer.score([(prompts[i][0]["content"], text) for i, _, text in flat])
@@ -158,8 +158,6 @@ class PairStage:
         return rows
 
     def close(self) -> None:
-        if self.scorer is not None:
-            self.scorer.close()
         self.models.close()
 
 

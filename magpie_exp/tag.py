@@ -144,6 +144,12 @@ class TagStage:
         _atomic_write_bytes(part.shard_dir / f"{shard}.npy", buffer.getvalue())
 
     def load_vectors(self) -> tuple[list[str], np.ndarray]:
+        """All ids and embeddings in shard order, read from disk once per stage run (dedup and plots share them)."""
+        if getattr(self, "_vectors", None) is None:
+            self._vectors = self._read_vectors()
+        return self._vectors
+
+    def _read_vectors(self) -> tuple[list[str], np.ndarray]:
         part = self.part("embedding")
         ids, chunks = [], []
         for shard in self.source.shard_names:

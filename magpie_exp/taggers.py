@@ -96,6 +96,13 @@ class Models:
         self.cfg = cfg
         self.injected = dict(injected or {})
         self.models: dict[str, ChatModel] = {}
+        self._scorer: Scorer | None = None
+
+    def scorer(self) -> Scorer:
+        """The one reward scorer of a stage (a reward model is loaded once for reward and base_reward)."""
+        if self._scorer is None:
+            self._scorer = Scorer(self.cfg, self)
+        return self._scorer
 
     @staticmethod
     def identity(gen: GeneratorConfig) -> str:
@@ -114,6 +121,8 @@ class Models:
                 model.close()
 
     def close(self) -> None:
+        if self._scorer is not None:
+            self._scorer.close()
         for model in self.models.values():
             model.close()
 
@@ -317,7 +326,7 @@ class RewardTagger(Tagger):
         return {Models.identity(self.tc.judge)} if self.tc.reward_source == "judge" else set()
 
     def prepare(self) -> None:
-        self.scorer = Scorer(self.cfg, self.models)
+        self.scorer = self.models.scorer()
 
     def model_name(self) -> str:
         return self.scorer.name
@@ -325,9 +334,6 @@ class RewardTagger(Tagger):
     def run(self, records: Sequence[Record]) -> list[TagRow]:
         pairs = [first_exchange(r) for r in records]
         return [{"reward": s, **({"_error": e} if e else {})} for s, e in self.scorer.score(pairs)]
-
-    def close(self) -> None:
-        self.scorer.close()
 
 
 # URIAL-style prompt for a base model (our wording; in-context examples show the answer style).
@@ -380,7 +386,7 @@ class BaseRewardTagger(Tagger):
 
     def prepare(self) -> None:
         self.base = self.models.get("tag.base_model", self.tc.base_model)
-        self.scorer = Scorer(self.cfg, self.models)
+        self.scorer = self.models.scorer()
 
     def model_name(self) -> str:
         return f"{self.tc.base_model.name} (URIAL) scored by {self.scorer.name}"
@@ -397,9 +403,6 @@ class BaseRewardTagger(Tagger):
             row = {"base_response": answer, "base_finish_reason": out.finish_reason, "base_reward": score}
             rows.append({**row, **({"_error": error} if error else {})})
         return rows
-
-    def close(self) -> None:
-        self.scorer.close()
 
 
 class EmbeddingTagger(Tagger):
