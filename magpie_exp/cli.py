@@ -56,6 +56,10 @@ def run_stage(cfg: MagpieConfig) -> dict[str, str]:
         from magpie_exp.train import run_train
 
         return {f"train-{cfg.trainer}": str(run_train(cfg).stage_dir)}
+    if cfg.stage == "evaluate":
+        from magpie_exp.evaluate import run_evaluate
+
+        return {"evaluate": str(run_evaluate(cfg).stage_dir)}
     if cfg.stage == "curate":
         from magpie_exp.curate import run_curate
 

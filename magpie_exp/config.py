@@ -68,6 +68,7 @@ class EngineConfig:
     max_concurrency: int = 8  # openai
     timeout_s: float = 600.0  # openai
     max_retries: int = 5  # openai
+    api: str = "completions"  # openai: completions (token ids, vLLM servers) | chat (messages: hosted judges)
 
 
 @dataclass
@@ -262,6 +263,38 @@ class DPOSpec(TrainSpec):
 
 
 @dataclass
+class LmEvalConfig:
+    tasks: list[str] = field(default_factory=list)  # any task or group lm-eval knows (gsm8k, mmlu_redux_generative, ...)
+    model: str = "hf"  # lm-eval's model type: hf | vllm
+    model_args: dict[str, Any] = field(default_factory=dict)  # added to pretrained=<model>
+    num_fewshot: int | None = None  # null = each task's default
+    batch_size: int = 8
+    apply_chat_template: bool = True
+    limit: int | None = None  # null = evaluation.limit
+    local_data: dict[str, str] = field(default_factory=dict)  # task -> local data file/folder (hub unreachable)
+
+
+@dataclass
+class EvaluationConfig:
+    # null = this config's trained model (trainer=sft|dpo); "generator" = the generator; or a folder / embedded:<name> / hub id
+    model: str | None = None
+    label: str | None = None  # name in result tables; default derived from the model
+    benchmarks: list[str] = field(default_factory=lambda: ["ifeval", "mt_bench"])  # + alpaca_eval arena_hard lm_eval
+    limit: int | None = None  # first N items of every benchmark (quick runs)
+    sample: int | None = None  # a seeded sample of N items (of the first `limit`, when both are set)
+    data_dir: str | None = None  # local copies of the eval sets (<dir>/<benchmark>/...); null = shipped or downloaded
+    max_tokens: int = 1024  # answer length of the evaluated model
+    max_model_len: int = 4096
+    judge: GeneratorConfig | None = None  # judge model for mt_bench, alpaca_eval, arena_hard
+    judge_engine: EngineConfig | None = None  # null = the engine group; e.g. engine@evaluation.judge_engine=openai
+    judge_max_tokens: int = 512
+    reask: bool = True  # a reply without a verdict is asked once more for the verdict alone (constrained where possible)
+    bootstrap_rounds: int = 100  # arena_hard confidence interval
+    batch_size: int = 256  # items per engine call (and per resumable shard)
+    lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
+
+
+@dataclass
 class PathsConfig:
     outputs: str = "outputs"  # stage folders go to <outputs>/stages/<stage>/<config hash>
     cache_dir: str = MISSING  # converted embedded models, vLLM/inductor caches
@@ -283,9 +316,10 @@ class MagpieConfig:
     sft: SFTSpec = field(default_factory=SFTSpec)
     dpo: DPOSpec = field(default_factory=DPOSpec)
     input: str | None = None  # a stage's input: a stage folder or a JSONL file; null = this config's upstream stage
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
 
-STAGES = ("generate", "tag", "curate", "pair", "train")
+STAGES = ("generate", "tag", "curate", "pair", "train", "evaluate")
 TAGGERS = ("length", "language", "quality", "difficulty", "task_category", "judge_score", "safety", "reward",
            "base_reward", "embedding")
 JUDGE_TAGGERS = ("quality", "difficulty", "task_category", "judge_score")
@@ -323,20 +357,29 @@ def _validate_generator(prefix: str, gen: GeneratorConfig) -> None:
     _check(gen.max_model_len >= 16, f"{prefix}.max_model_len must be >= 16; got {gen.max_model_len}")
 
 
+def validate_engine(prefix: str, eng: EngineConfig) -> None:
+    _check(eng.type in ENGINES, f"{prefix}.type must be one of {', '.join(ENGINES)}; got {eng.type!r}")
+    _check(eng.dtype in DTYPES, f"{prefix}.dtype must be one of {', '.join(DTYPES)}; got {eng.dtype!r}")
+    _check(eng.batch_size >= 1, f"{prefix}.batch_size must be >= 1; got {eng.batch_size}")
+    _check(eng.max_concurrency >= 1, f"{prefix}.max_concurrency must be >= 1; got {eng.max_concurrency}")
+    _check(eng.max_retries >= 0, f"{prefix}.max_retries must be >= 0; got {eng.max_retries}")
+    _check(eng.type != "openai" or bool(eng.base_urls),
+           f"{prefix}.base_urls is empty; give the servers, e.g. '{prefix}.base_urls=[http://127.0.0.1:8000]'")
+    _check(eng.api in ("completions", "chat"), f"{prefix}.api must be completions or chat; got {eng.api!r}")
+    _check(eng.api == "completions" or eng.type == "openai",
+           f"{prefix}.api=chat needs {prefix}.type=openai (an OpenAI-compatible endpoint); got type {eng.type!r}")
+
+
 def validate(cfg: MagpieConfig) -> MagpieConfig:
     """Check values the schema's types cannot; raise ``ConfigError`` naming key, value and fix."""
     _check(cfg.stage in STAGES, f"stage must be one of {', '.join(STAGES)}; got {cfg.stage!r}")
     _validate_generator("generator", cfg.generator)
     if cfg.response_generator is not None:
         _validate_generator("response_generator", cfg.response_generator)
-    eng = cfg.engine
-    _check(eng.type in ENGINES, f"engine.type must be one of {', '.join(ENGINES)}; got {eng.type!r}")
-    _check(eng.dtype in DTYPES, f"engine.dtype must be one of {', '.join(DTYPES)}; got {eng.dtype!r}")
-    _check(eng.batch_size >= 1, f"engine.batch_size must be >= 1; got {eng.batch_size}")
-    _check(eng.max_concurrency >= 1, f"engine.max_concurrency must be >= 1; got {eng.max_concurrency}")
-    _check(eng.max_retries >= 0, f"engine.max_retries must be >= 0; got {eng.max_retries}")
-    _check(eng.type != "openai" or bool(eng.base_urls),
-           "engine.base_urls is empty; give the vLLM servers, e.g. 'engine.base_urls=[http://127.0.0.1:8000]'")
+    validate_engine("engine", cfg.engine)
+    _check(cfg.engine.api == "completions" or cfg.stage not in ("generate", "pair"),
+           f"engine.api=chat cannot run stage={cfg.stage}: Magpie needs raw completions from a pre-query template; "
+           "use engine.api=completions (vLLM servers), or the chat API only for judges (engine@evaluation.judge_engine=openai-chat)")
     g = cfg.generate
     _check(g.samples_per_request >= 1, f"generate.samples_per_request must be >= 1; got {g.samples_per_request}")
     _check(g.shard_size >= 1, f"generate.shard_size must be >= 1; got {g.shard_size}")
@@ -379,9 +422,11 @@ def validate(cfg: MagpieConfig) -> MagpieConfig:
     _check(0 < p.top_p <= 1, f"pair.top_p must be in (0, 1]; got {p.top_p}")
     _check(p.min_margin >= 0, f"pair.min_margin must be >= 0; got {p.min_margin}")
     _check(p.length_ratio >= 1, f"pair.length_ratio must be >= 1; got {p.length_ratio}")
+    from magpie_exp.evaluate import check_evaluation_config
     from magpie_exp.train import check_train_config
 
     check_train_config(cfg)
+    check_evaluation_config(cfg)
     return cfg
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Sequence
 
-from magpie_exp.config import ConfigError, GeneratorConfig, MagpieConfig
+from magpie_exp.config import ConfigError, EngineConfig, GeneratorConfig, MagpieConfig
 from magpie_exp.engines import Engine, Request, SamplingSpec, build_engine
 from magpie_exp.labels import GUARD_REGEX, JudgeTask, guard_prompt, judge_tasks, parse_guard, parse_judgement
 from magpie_exp.models import resolve_model
@@ -41,10 +41,20 @@ def first_exchange(record: Record) -> tuple[str, str]:
 class ChatModel:
     """A chat model (judge, guard or base) with its tokenizer and a lazily started engine."""
 
-    def __init__(self, key: str, gen: GeneratorConfig, cfg: MagpieConfig, injected: Engine | None) -> None:
+    def __init__(self, key: str, gen: GeneratorConfig, cfg: MagpieConfig, injected: Engine | None,
+                 engine_cfg: EngineConfig | None = None) -> None:
         from transformers import AutoTokenizer
 
         self.key, self.gen, self.cfg = key, gen, cfg
+        self.engine_cfg = engine_cfg or cfg.engine
+        self.engine = injected
+        self.injected = injected is not None
+        self.seconds = 0.0
+        self.tokens = 0
+        self.chat_api = self.engine_cfg.type == "openai" and self.engine_cfg.api == "chat"
+        if self.chat_api:  # a hosted model: the server applies its own template; nothing to load here
+            self.model_path, self.tokenizer = gen.model, None
+            return
         self.model_path = resolve_model(gen.model, Path(cfg.paths.cache_dir), key=f"{key}.model")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=gen.trust_remote_code)
@@ -55,10 +65,20 @@ class ChatModel:
             from magpie_exp.generators import _load_chat_template
 
             self.tokenizer.chat_template = _load_chat_template(gen.chat_template)
-        self.engine = injected
-        self.injected = injected is not None
-        self.seconds = 0.0
-        self.tokens = 0
+
+    @property
+    def constrains(self) -> bool:
+        """Whether this model's engine honours json_schema / regex (vLLM in process or over /v1/completions)."""
+        return self.engine_cfg.type == "vllm" or (self.engine_cfg.type == "openai" and not self.chat_api)
+
+    def chat_request(self, messages: list[dict[str, str]], spec: SamplingSpec) -> Request | None:
+        """A request for ``messages``; ``None`` when prompt plus ``spec.max_tokens`` exceed the model's context."""
+        if self.chat_api:
+            return Request([], spec, messages=messages)
+        ids = self.chat_ids(messages)
+        if len(ids) + spec.max_tokens > self.gen.max_model_len:
+            return None
+        return Request(ids, spec)
 
     def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
         if self.tokenizer.chat_template is None:
@@ -76,7 +96,7 @@ class ChatModel:
 
     def generate(self, requests: list[Request]) -> list[Any]:
         if self.engine is None:
-            self.engine = build_engine(self.cfg.engine, self.gen, self.model_path, self.cfg.seed)
+            self.engine = build_engine(self.engine_cfg, self.gen, self.model_path, self.cfg.seed)
         start = time.perf_counter()
         out = self.engine.generate(requests)
         self.seconds += time.perf_counter() - start

@@ -276,9 +276,8 @@ def run_sft(cfg: MagpieConfig) -> StageResult:
     return StageResult(out, stats, {"model": str(out / "model")}, False)
 
 
-def run_dpo(cfg: MagpieConfig) -> StageResult:
-    from trl import DPOConfig, DPOTrainer
-
+def _dpo_plan(cfg: MagpieConfig) -> tuple[str, list[dict[str, Any]], Path]:
+    """The DPO run's starting model, its preference rows and its stage folder."""
     spec = cfg.dpo
     fix = "run `magpie-exp stage=train trainer=sft` with the same config first, or set dpo.init_from=<model folder>"
     if spec.init_from:
@@ -294,7 +293,18 @@ def run_dpo(cfg: MagpieConfig) -> StageResult:
     key_in, rows = load_dpo_rows(cfg)
     if not rows:
         raise ConfigError("dpo: no preference pairs; run the pair stage (or lower pair.min_margin)")
-    out = stage_folder(cfg, "train", dpo_stage_config(cfg, key_in, config_hash({"init": init_path})))
+    return init_path, rows, stage_folder(cfg, "train", dpo_stage_config(cfg, key_in, config_hash({"init": init_path})))
+
+
+def dpo_dir_for(cfg: MagpieConfig) -> Path:
+    return _dpo_plan(cfg)[2]
+
+
+def run_dpo(cfg: MagpieConfig) -> StageResult:
+    from trl import DPOConfig, DPOTrainer
+
+    spec = cfg.dpo
+    init_path, rows, out = _dpo_plan(cfg)
     if (out / "model" / "config.json").exists() and (out / "stats.json").exists():
         log.info("cache hit: DPO model %s", out / "model")
         return StageResult(out, json.loads((out / "stats.json").read_text()), {"model": str(out / "model")}, True)

@@ -27,7 +27,10 @@ def test_official_families_have_configs() -> None:
 @pytest.mark.parametrize("generator", GENERATORS)
 @pytest.mark.parametrize("engine", ENGINES)
 def test_every_generator_composes_with_every_engine(generator: str, engine: str) -> None:
-    cfg = schema(f"generator={generator}", f"engine={engine}")
+    if engine == "openai-chat":  # a chat API cannot do Magpie generation; it serves judges and taggers
+        with pytest.raises(ConfigError, match="engine.api=chat cannot run stage=generate"):
+            schema(f"generator={generator}", f"engine={engine}")
+    cfg = schema(f"generator={generator}", f"engine={engine}", *(["stage=tag"] if engine == "openai-chat" else []))
     assert cfg.generator.name == generator
     assert cfg.generator.trust_remote_code is False
 

@@ -44,8 +44,11 @@ class SamplingSpec:
 
 @dataclass(frozen=True)
 class Request:
+    """A prompt as token ids; or, for chat endpoints (``engine.api=chat``, hosted judges), as chat messages."""
+
     prompt_token_ids: list[int]
     sampling: SamplingSpec
+    messages: list[dict[str, str]] | None = None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,9 @@ token-id prompts and vLLM's extra fields (``stop_token_ids``, ``skip_special_tok
 so one server dying mid-run loses no request. The API key is read from the environment variable named by
 ``engine.api_key_env`` and never stored.
 
+With ``engine.api=chat`` it speaks ``/v1/chat/completions`` instead, with chat messages and only the standard
+OpenAI fields, so a hosted model (a GPT-4-class judge) or any server's own chat template can serve as a judge.
+
 Start servers for it with, for example::
 
     vllm serve <model folder> --port 8001 --logits-processors magpie_exp.engines.logits:FirstTokenBan
@@ -55,9 +58,29 @@ class OpenAIEngine(Engine):
         self._next = itertools.cycle(range(len(self.urls)))
         self._lock = threading.Lock()
         self.failures: dict[str, int] = {u: 0 for u in self.urls}
-        self.info = EngineInfo(kind="openai", version="v1/completions", model=self.model, extra={"servers": len(self.urls)})
+        self.chat = cfg.api == "chat"
+        self.endpoint = "/v1/chat/completions" if self.chat else "/v1/completions"
+        self.info = EngineInfo(kind="openai", version=self.endpoint.lstrip("/"), model=self.model,
+                               extra={"servers": len(self.urls)})
+
+    def _chat_payload(self, request: Request) -> dict[str, Any]:
+        spec = request.sampling
+        if not request.messages:
+            raise ValueError("engine.api=chat needs chat messages; this caller only gives token ids (use api=completions)")
+        payload: dict[str, Any] = {"model": self.model, "messages": list(request.messages), "n": spec.n,
+                                   "temperature": spec.temperature, "top_p": spec.top_p, "max_tokens": spec.max_tokens}
+        if spec.seed is not None:
+            payload["seed"] = spec.seed
+        if spec.stop:
+            payload["stop"] = list(spec.stop)
+        if spec.json_schema is not None:
+            payload["response_format"] = {"type": "json_schema",
+                                          "json_schema": {"name": "answer", "schema": json.loads(spec.json_schema)}}
+        return payload
 
     def _payload(self, request: Request) -> dict[str, Any]:
+        if self.chat:
+            return self._chat_payload(request)
         spec = request.sampling
         payload: dict[str, Any] = {
             "model": self.model,
@@ -92,13 +115,17 @@ class OpenAIEngine(Engine):
         for attempt in range(self.max_retries + 1):
             url = self._pick()
             try:
-                response = self.client.post(f"{url}/v1/completions", json=payload)
+                response = self.client.post(f"{url}{self.endpoint}", json=payload)
                 if response.status_code >= 500 or response.status_code == 429:
                     raise httpx.HTTPStatusError(f"{response.status_code}", request=response.request, response=response)
                 if response.status_code >= 400:
                     raise ValueError(f"{url} refused the request ({response.status_code}): {response.text[:300]}")
                 body = response.json()
                 choices = sorted(body["choices"], key=lambda c: c.get("index", 0))
+                if self.chat:
+                    tokens = (body.get("usage") or {}).get("completion_tokens") or 0
+                    return [Completion((c.get("message") or {}).get("content") or "", tokens // max(len(choices), 1),
+                                       c.get("finish_reason") or "length") for c in choices]
                 return [
                     Completion(
                         c.get("text") or "",

