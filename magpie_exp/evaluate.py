@@ -78,6 +78,10 @@ def check_evaluation_config(cfg: MagpieConfig) -> None:
          f"evaluation.judge is null but {judged} need a judge; set generator@evaluation.judge=<generator config>")
     if ev.judge_engine is not None:
         validate_engine("evaluation.judge_engine", ev.judge_engine)
+    if ev.model_engine is not None:
+        validate_engine("evaluation.model_engine", ev.model_engine)
+        need(ev.model_engine.api == "completions", "evaluation.model_engine.api must be completions (the evaluated "
+                                                   "model's own chat template is applied here)")
     need("lm_eval" not in ev.benchmarks or bool(ev.lm_eval.tasks),
          "evaluation.benchmarks has lm_eval but evaluation.lm_eval.tasks is empty; e.g. 'evaluation.lm_eval.tasks=[gsm8k]'")
     need(ev.lm_eval.model in ("hf", "vllm"), f"evaluation.lm_eval.model must be hf or vllm; got {ev.lm_eval.model!r}")
@@ -230,12 +234,13 @@ class EvaluateStage:
         self.cfg, self.ev = cfg, cfg.evaluation
         self.cache_dir = Path(cfg.paths.cache_dir)
         self.root = Path(cfg.paths.outputs) / "stages" / "evaluate"
-        self.engines = dict(engines or {})
+        self.engines = engines if engines is not None else {}
         self.cand = resolve_candidate(cfg)
         self.items = {b: subset(LOADERS[b](self.ev.data_dir, self.cache_dir), self.ev.limit, self.ev.sample, cfg.seed)
                       for b in self.ev.benchmarks if b in LOADERS}
         self.judge_prompts = mt_bench_judge_prompts(self.ev.data_dir, self.cache_dir) if "mt_bench" in self.ev.benchmarks else {}
         self._chat_cls = ChatModel
+        self.model_engine = self.ev.model_engine or cfg.engine
         self.model: Any = None
         self.judge_chat: Any = None
         self.seconds: Counter = Counter()
@@ -246,12 +251,13 @@ class EvaluateStage:
         return {"stage": "evaluate-answers", "stage_version": STAGE_VERSION, "benchmark": bench, "model": self.cand.key,
                 "ids": config_hash({"ids": [i["id"] for i in self.items[bench]]}), "seed": self.cfg.seed,
                 "max_tokens": ev.max_tokens, "max_model_len": ev.max_model_len,
-                "engine": {"type": self.cfg.engine.type, "dtype": self.cfg.engine.dtype}}
+                "engine": {"type": self.model_engine.type, "dtype": self.model_engine.dtype}}
 
     def candidate(self) -> Any:
         if self.model is None:
             gen = _candidate_generator(self.cand, self.cfg)
-            self.model = self._chat_cls("evaluation.model", gen, self.cfg, self.engines.get(self.cand.spec))
+            injected = self.engines.get(self.cand.spec) if self.ev.model_engine is None else None
+            self.model = self._chat_cls("evaluation.model", gen, self.cfg, injected, engine_cfg=self.model_engine)
             self.stop_ids = _stop_ids(self.model.tokenizer, self.model.model_path)
         return self.model
 
@@ -330,7 +336,7 @@ class EvaluateStage:
         if self.judge_chat is None:
             ev = self.ev
             judge_engine = ev.judge_engine or self.cfg.engine
-            same = (self.model is not None and ev.judge.model == self.cand.spec and judge_engine == self.cfg.engine)
+            same = self.model is not None and ev.judge.model == self.cand.spec and judge_engine == self.model_engine
             if same:
                 self.judge_chat = self.model
             else:

@@ -109,7 +109,7 @@ class GenerateStage:
         self.cfg = cfg
         self.g = cfg.generate
         self.cache_dir = Path(cfg.paths.cache_dir)
-        self.injected = dict(engines or {})
+        self.injected = engines if engines is not None else {}  # a dict, or the pipeline's lazy EnginePool
         self.progress = progress
         self.tokens_this_run = 0
         self.engine_seconds = 0.0

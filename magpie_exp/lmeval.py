@@ -87,10 +87,20 @@ def local_task_yamls(local_data: dict[str, str], manager: Any, folder: Path) -> 
     return names
 
 
+_MANAGERS: dict[str | None, Any] = {}
+
+
+def _task_manager(include_path: str | None) -> Any:
+    from lm_eval.tasks import TaskManager
+
+    if include_path not in _MANAGERS:
+        _MANAGERS[include_path] = TaskManager(include_path=include_path) if include_path else TaskManager()
+    return _MANAGERS[include_path]
+
+
 def run_lm_eval(cfg: MagpieConfig, candidate: Any, out: Path) -> dict[str, Any]:
     """Run ``evaluation.lm_eval.tasks`` on the candidate model; results and per-sample logs go to ``out``."""
     import lm_eval
-    from lm_eval.tasks import TaskManager
 
     spec = cfg.evaluation.lm_eval
     limit = spec.limit if spec.limit is not None else (cfg.evaluation.limit or cfg.evaluation.sample)
@@ -98,10 +108,10 @@ def run_lm_eval(cfg: MagpieConfig, candidate: Any, out: Path) -> dict[str, Any]:
     if done.exists():
         return json.loads(done.read_text())
     model_path = resolve_model(candidate.spec, Path(cfg.paths.cache_dir), key="evaluation.model")
-    manager = TaskManager()
+    manager = _task_manager(None)  # indexing lm-eval's tasks takes ~15 s: done once per process
     names = local_task_yamls(spec.local_data, manager, out / "tasks") if spec.local_data else {}
     if names:
-        manager = TaskManager(include_path=str(out / "tasks"))
+        manager = _task_manager(str(out / "tasks"))
     tasks = [names.get(t, t) for t in spec.tasks]
     unknown = [t for t in tasks if t not in manager.task_index]
     if unknown:

@@ -114,7 +114,7 @@ class Models:
 
     def __init__(self, cfg: MagpieConfig, injected: dict[str, Engine] | None = None) -> None:
         self.cfg = cfg
-        self.injected = dict(injected or {})
+        self.injected = injected if injected is not None else {}  # a dict, or the pipeline's lazy EnginePool
         self.models: dict[str, ChatModel] = {}
         self._scorer: Scorer | None = None
 

@@ -14,12 +14,13 @@ Checkpoints go to ``<stage>/checkpoints``: a killed run resumes from the last on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
+from collections.abc import Iterator
 
 from magpie_exp import __version__
 from magpie_exp.config import ConfigError, DPOSpec, MagpieConfig, SFTSpec, TrainSpec, as_plain
@@ -85,19 +86,22 @@ def sft_stage_config(cfg: MagpieConfig, input_key: str) -> dict[str, Any]:
             "sft": as_plain(cfg.sft)}
 
 
-def sft_dir_for(cfg: MagpieConfig) -> Path:
+def sft_dir_for(cfg: MagpieConfig, use_input: bool = False) -> Path:
+    """This config's SFT folder; from a DPO config (``use_input=False``) the SFT input is the curated data, not ``input``."""
     from magpie_exp.curate import stage_dir_for as curate_dir
 
     import dataclasses
 
-    plain = dataclasses.replace(cfg, input=None)  # the SFT input is the curated data, whatever DPO reads
+    plain = cfg if use_input else dataclasses.replace(cfg, input=None)
     source = open_input(plain, "train", lambda: curate_dir(plain))
     return stage_folder(cfg, "train", sft_stage_config(cfg, source.key))
 
 
 def dpo_stage_config(cfg: MagpieConfig, input_key: str, init_key: str) -> dict[str, Any]:
+    dpo = as_plain(cfg.dpo)
+    dpo.pop("init_from")  # the init key says which model, however it was named
     return {"stage": "train", "trainer": "dpo", "stage_version": STAGE_VERSION, "input": input_key, "init": init_key,
-            "seed": cfg.seed, "dpo": as_plain(cfg.dpo)}
+            "seed": cfg.seed, "dpo": dpo}
 
 
 def load_sft_rows(cfg: MagpieConfig) -> tuple[str, list[dict[str, Any]]]:
@@ -157,6 +161,37 @@ def prepare_tokenizer(model_path: str, spec: SFTSpec | DPOSpec, key: str) -> tup
     return tok, eot
 
 
+@contextlib.contextmanager
+def _random_dataset_fingerprints() -> Iterator[None]:
+    """Skip ``datasets``' hashing of every ``map`` call's arguments while TRL prepares its data.
+
+    The hash names on-disk cache files; it pickles the tokenizer each time, about 30 s per SFT run for Gemma's
+    262k-token vocabulary. These datasets live in memory and the stage folder is the cache, so a random
+    fingerprint (what ``datasets`` itself falls back to when hashing fails) loses nothing.
+    """
+    import datasets.arrow_dataset as arrow
+    from datasets import fingerprint
+
+    saved = arrow.update_fingerprint, fingerprint.update_fingerprint
+
+    def random_fingerprint(*args: Any, **kwargs: Any) -> str:
+        return fingerprint.generate_random_fingerprint()
+
+    arrow.update_fingerprint = fingerprint.update_fingerprint = random_fingerprint
+    try:
+        yield
+    finally:
+        arrow.update_fingerprint, fingerprint.update_fingerprint = saved
+
+
+def _report_to() -> list[str]:
+    """TRL logs its curves into the tracker's W&B run when one is open (magpie_exp.tracking), else nowhere."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    return ["wandb"] if wandb is not None and getattr(wandb, "run", None) is not None else []
+
+
 def _training_args(spec: TrainSpec, key: str, out: Path, seed: int, extra: dict[str, Any]) -> dict[str, Any]:
     import torch
 
@@ -168,7 +203,7 @@ def _training_args(spec: TrainSpec, key: str, out: Path, seed: int, extra: dict[
         lr_scheduler_type=spec.lr_scheduler_type, warmup_steps=spec.warmup_steps, weight_decay=spec.weight_decay,
         gradient_checkpointing=spec.gradient_checkpointing, logging_steps=spec.logging_steps,
         save_strategy="steps", save_steps=spec.save_steps, save_total_limit=spec.save_total_limit, seed=seed,
-        report_to=[], bf16=prec == "bf16", fp16=prec == "fp16", use_cpu=not torch.cuda.is_available(),
+        report_to=_report_to(), bf16=prec == "bf16", fp16=prec == "fp16", use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
     )
     args.update(extra)
@@ -263,13 +298,15 @@ def run_sft(cfg: MagpieConfig) -> StageResult:
 
     args = SFTConfig(**_training_args(spec, "sft", out, cfg.seed, dict(
         packing=spec.packing, assistant_only_loss=spec.assistant_only_loss, eos_token=eot or tok.eos_token)))
-    trainer = SFTTrainer(model=_load_model(model_path, spec, "sft"), args=args,
-                         train_dataset=datasets.Dataset.from_list(rows), processing_class=tok, peft_config=_lora(spec))
+    with _random_dataset_fingerprints():
+        trainer = SFTTrainer(model=_load_model(model_path, spec, "sft"), args=args,
+                             train_dataset=datasets.Dataset.from_list(rows), processing_class=tok, peft_config=_lora(spec))
     resume = _last_checkpoint(out)
     if resume:
         log.info("resuming SFT from %s", resume)
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume)
+    with _random_dataset_fingerprints():
+        trainer.train(resume_from_checkpoint=resume)
     stats = _stats(trainer, spec, time.perf_counter() - start, len(rows),
                    {"base_model": spec.base_model, "chat_template": spec.chat_template, "resumed_from": resume})
     _finish(trainer, tok, eot, out, stats)
@@ -315,18 +352,19 @@ def run_dpo(cfg: MagpieConfig) -> StageResult:
 
     args = DPOConfig(**_training_args(spec, "dpo", out, cfg.seed, dict(
         beta=spec.beta, loss_type=[spec.loss_type], precompute_ref_log_probs=spec.precompute_ref_log_probs)))
-    trainer = DPOTrainer(model=_load_model(init_path, spec, "dpo"), args=args,
-                         train_dataset=datasets.Dataset.from_list(rows), processing_class=tok, peft_config=_lora(spec))
+    with _random_dataset_fingerprints():
+        trainer = DPOTrainer(model=_load_model(init_path, spec, "dpo"), args=args,
+                             train_dataset=datasets.Dataset.from_list(rows), processing_class=tok, peft_config=_lora(spec))
     resume = _last_checkpoint(out)
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume)
+    with _random_dataset_fingerprints():
+        trainer.train(resume_from_checkpoint=resume)
     stats = _stats(trainer, spec, time.perf_counter() - start, len(rows), {"init_from": init_path, "resumed_from": resume})
     _finish(trainer, tok, eot, out, stats)
     return StageResult(out, stats, {"model": str(out / "model")}, False)
 
 
 def run_train(cfg: MagpieConfig) -> StageResult:
-    os.environ.setdefault("WANDB_DISABLED", "true")  # the tracker (issue #6) decides; TRL must not guess
     return run_sft(cfg) if cfg.trainer == "sft" else run_dpo(cfg)
 
 
@@ -351,3 +389,4 @@ def check_train_config(cfg: MagpieConfig) -> None:
     spec = cfg.sft if cfg.trainer == "sft" else cfg.dpo
     if cfg.stage == "train":
         precision(spec, cfg.trainer)  # bf16 asked on hardware without it: say so before anything loads
+

@@ -70,22 +70,3 @@ def tiny_reward_model(smollm2_dir, tmp_path_factory) -> Path:
     tok.save_pretrained(out)
     return out
 
-
-@pytest.fixture(scope="session")
-def trained_gemma(tmp_path_factory) -> Path:
-    """A Gemma-3-270M fine-tuned for 2 SFT steps on six conversations: a real trained model folder."""
-    import json
-
-    from magpie_exp.train import run_train
-
-    tmp = tmp_path_factory.mktemp("trained-gemma")
-    rows = [("What is the capital of France?", "The capital of France is Paris."),
-            ("Name three primary colours.", "Red, yellow and blue."),
-            ("How many legs does a spider have?", "A spider has eight legs."),
-            ("What is 12 times 12?", "12 times 12 is 144.")]
-    data = tmp / "sft.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
-                            + "\n" for q, a in rows))
-    cfg = schema(f"input={data}", f"paths.outputs={tmp}", "stage=train", "sft.max_steps=2", "sft.max_length=96",
-                 "sft.per_device_train_batch_size=2", "sft.save_steps=10")
-    return Path(run_train(cfg).exports["model"])

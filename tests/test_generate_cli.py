@@ -28,7 +28,7 @@ def _run(args: list[str], tmp_path: Path, name: str, **kwargs) -> subprocess.Com
 
 @pytest.mark.slow
 def test_sigkill_then_same_command_finishes_with_nothing_lost_or_duplicated(tmp_path: Path) -> None:
-    args = ["engine.enforce_eager=true", "generate.count=30", "generate.shard_size=5",
+    args = ["stage=generate", "engine.enforce_eager=true", "generate.count=30", "generate.shard_size=5",
             "generate.multi_turn.fraction=0", "generator.instruction.max_tokens=48",
             "generator.response.max_tokens=24", "generate.export=[messages]", f"paths.outputs={tmp_path / 'out'}"]
     env = {**os.environ, "MAGPIE_EXP_CACHE": str(CACHE)}

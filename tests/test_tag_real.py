@@ -68,19 +68,3 @@ def test_curated_dataset(pipeline) -> None:
     assert sorted((tags[r["id"]]["response_length"] for r in kept), reverse=True) == passing[:5]
     assert [m["role"] for m in kept[0]["messages"]][:2] == ["user", "assistant"]
 
-
-def test_base_model_reward_difference_with_gemma(tmp_path: Path, vllm_engine) -> None:
-    rows = [{"id": f"b{i}", "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-            for i, (q, a) in enumerate([("What is the capital of France?", "Paris is the capital of France."),
-                                        ("Name a primary colour.", "Red is a primary colour.")])]
-    path = tmp_path / "in.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = schema("engine.enforce_eager=true", f"paths.outputs={tmp_path}", f"input={path}",
-                 "tag.taggers=[reward,base_reward]", "tag.base_max_tokens=24")
-    result = run_tag(cfg, engines={SMOL: vllm_engine}, show_progress=False)
-    for line in open(result.exports["records"]):
-        tags = json.loads(line)["tags"]
-        assert tags["base_response"] and tags["base_finish_reason"] in ("stop", "length")
-        assert "gemma3-270m-base (URIAL)" in tags["by"]["base_reward"]
-        if tags["reward"] is not None and tags["base_reward"] is not None:
-            assert tags["reward_difference"] == pytest.approx(tags["reward"] - tags["base_reward"])

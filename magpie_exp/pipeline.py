@@ -1,0 +1,300 @@
+"""The whole loop from one command: generate, tag, curate, pair, SFT, DPO, evaluate.
+
+    magpie-exp                                            # every stage on the embedded models
+    magpie-exp pipeline.stages=[generate,tag,curate]      # part of the loop
+    magpie-exp -m curate=pro-filter3,english-safe         # a sweep: generates and tags once, trains twice
+
+Each stage reads the folder the previous stage wrote (passed on explicitly, so a pipeline started from
+``input=<file>`` stays on that data) and is cached by its own config hash, which covers its settings, the key
+of its input and its code version (``STAGE_VERSION`` of each stage module). A later run, or another member of
+a sweep, with the same upstream settings therefore reuses those folders: every stage logs "cache hit" and
+``pipeline.json`` records it. ``force=[tag,...]`` deletes those stages' folders first and runs them again.
+
+The run folder (Hydra's) gets ``pipeline.json`` (stage -> folder, cache hit, seconds), ``report.html`` and
+the W&B run (``tracker``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from magpie_exp.config import ConfigError, GeneratorConfig, MagpieConfig
+from magpie_exp.engines import Engine
+from magpie_exp.stages import StageResult
+from magpie_exp.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class StepRecord:
+    step: str  # generate, tag, curate, pair, sft, dpo, evaluate:<model>
+    folder: str
+    cache_hit: bool
+    seconds: float
+    stats: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "folder": self.folder, "cache_hit": self.cache_hit, "seconds": round(self.seconds, 1)}
+
+
+def _remove(folder: Path, step: str) -> None:
+    if folder.exists():
+        log.warning("force: removing %s output %s to run it again", step, folder)
+        shutil.rmtree(folder)
+
+
+def _forced_folders(step: str, cfg: MagpieConfig) -> list[Path]:
+    """The folders a forced step writes (computed exactly as the step computes them)."""
+    try:
+        if step == "generate":
+            from magpie_exp.generate import stage_dir_for
+
+            return [stage_dir_for(cfg)]
+        if step in ("tag", "curate", "pair"):
+            module = __import__(f"magpie_exp.{step}", fromlist=["stage_dir_for"])
+            return [module.stage_dir_for(cfg)]
+        if step == "sft":
+            from magpie_exp.train import sft_dir_for
+
+            return [sft_dir_for(cfg, use_input=True)]
+        if step == "dpo":
+            from magpie_exp.train import dpo_dir_for
+
+            return [dpo_dir_for(cfg)]
+        from magpie_exp.evaluate import EvaluateStage, stage_payload
+        from magpie_exp.stages import config_hash
+
+        stage = EvaluateStage(cfg, None)
+        root = stage.root
+        folders = [root / config_hash(stage_payload(stage))]
+        for bench in stage.items:
+            answers = stage.answers_payload(bench)
+            folders.append(root / "answers" / bench / config_hash(answers))
+            folders.append(root / "judgments" / bench / config_hash(stage.judgments_payload(bench, config_hash(answers))))
+        return folders
+    except ConfigError:
+        return []  # its input does not exist yet: nothing cached to remove
+
+
+class EnginePool:
+    """In-process engines shared by the steps of one pipeline run, by model spec, each started on first use.
+
+    The generator, the tag judge and guard, the pair stage's response model and the evaluation judge are
+    often one model (on CPU: SmolLM2 for all of them); one engine then serves them all instead of a start-up per
+    stage. Stages treat pooled engines as borrowed (they never close them); the pipeline closes them before
+    training, which needs the memory (or the GPUs), and at the end. ``given`` engines (tests) are never closed.
+    """
+
+    def __init__(self, cfg: MagpieConfig, given: dict[str, Engine] | None = None, keep: bool | None = None) -> None:
+        self.cfg = cfg
+        self.given = dict(given or {})
+        self.engines: dict[str, Engine] = {}
+        if keep is None:  # on CPU an idle engine costs only memory; on a GPU node training needs the GPUs
+            import torch
+
+            keep = not torch.cuda.is_available()
+        self.keep = keep
+        ev = cfg.evaluation
+        candidates = [cfg.generator, cfg.response_generator, cfg.tag.judge, cfg.tag.guard,
+                      ev.judge if ev.judge_engine is None else None]
+        self.known: dict[str, GeneratorConfig] = {}
+        for gen in candidates:
+            if gen is not None:
+                self.known.setdefault(gen.model, gen)
+
+    def _spec(self, key: str) -> str:
+        return {"generator": self.cfg.generator.model,
+                "response_generator": (self.cfg.response_generator or self.cfg.generator).model}.get(key, key)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and (self._spec(key) in self.known or self._spec(key) in self.given)
+
+    def get(self, key: str, default: Engine | None = None) -> Engine | None:
+        spec = self._spec(key)
+        if spec in self.given:
+            return self.given[spec]
+        if spec not in self.known:
+            return default
+        if spec not in self.engines:
+            gen = self.known[spec]
+            key = self._identity(gen)
+            if self.keep and key in _KEPT:
+                log.info("pipeline: reusing the %s engine for %s from an earlier run in this process", self.cfg.engine.type, gen.name)
+                self.engines[spec] = _KEPT[key]
+            else:
+                from magpie_exp.engines import build_engine
+                from magpie_exp.models import resolve_model
+
+                if self.keep:  # free kept engines this run does not use (lent ones belong to their lender)
+                    for old in [k for k in _KEPT if k not in {self._identity(g) for g in self.known.values()}]:
+                        engine = _KEPT.pop(old)
+                        if old not in _LENT:
+                            engine.close()
+                path = resolve_model(gen.model, Path(self.cfg.paths.cache_dir), key="generator.model")
+                log.info("pipeline: starting the shared %s engine for %s", self.cfg.engine.type, gen.name)
+                self.engines[spec] = build_engine(self.cfg.engine, gen, path, self.cfg.seed)
+                if self.keep:
+                    _KEPT[key] = self.engines[spec]
+        return self.engines[spec]
+
+    def _identity(self, gen: GeneratorConfig) -> str:
+        return engine_identity(self.cfg, gen)
+
+    def close(self) -> None:
+        """Release this run's engines; kept ones (CPU) stay up for the next run in this process."""
+        for spec, engine in list(self.engines.items()):
+            if not any(engine is kept for kept in _KEPT.values()):
+                engine.close()
+            del self.engines[spec]
+
+
+_KEPT: dict[str, Engine] = {}  # engines that outlive one pipeline run (the jobs of a multirun share one process)
+_LENT: set[str] = set()  # identities of engines lent by the caller (never closed here)
+
+
+def engine_identity(cfg: MagpieConfig, gen: GeneratorConfig) -> str:
+    """What makes two in-process engines interchangeable: engine settings, model, context, parallelism, seed."""
+    from magpie_exp.config import as_plain
+
+    return json.dumps([as_plain(cfg.engine), gen.model, gen.max_model_len, gen.tensor_parallel_size,
+                       gen.trust_remote_code, cfg.seed], sort_keys=True)
+
+
+def lend_engine(cfg: MagpieConfig, gen: GeneratorConfig, engine: Engine) -> None:
+    """Offer an engine the caller owns (a test session's, a notebook's) to every later pipeline run in this process."""
+    key = engine_identity(cfg, gen)
+    _KEPT[key] = engine
+    _LENT.add(key)
+
+
+@atexit.register
+def _close_kept() -> None:
+    while _KEPT:
+        key, engine = _KEPT.popitem()
+        if key in _LENT:
+            continue
+        try:
+            engine.close()
+        except Exception:  # interpreter shutdown: best effort
+            pass
+
+
+class Pipeline:
+    def __init__(self, cfg: MagpieConfig, tracker: Tracker, run_dir: Path, engines: dict[str, Engine] | None = None) -> None:
+        self.cfg, self.tracker, self.run_dir = cfg, tracker, run_dir
+        self.records: list[StepRecord] = []
+        self.scores: dict[str, dict[str, Any]] = {}
+        self.pool = EnginePool(cfg, engines)
+
+    def _run(self, step: str, cfg: MagpieConfig) -> StageResult:
+        if step.split(":")[0] in self.cfg.force:
+            for folder in _forced_folders(step.split(":")[0], cfg):
+                _remove(folder, step)
+        from magpie_exp.cli import run_stage_result
+
+        if cfg.stage == "train":
+            self.pool.close()  # training needs the memory (on a GPU node, the GPUs) the engines hold
+        start = time.perf_counter()
+        result = run_stage_result(cfg, engines=self.pool if cfg.stage in ("generate", "tag", "pair", "evaluate") else None)
+        seconds = time.perf_counter() - start
+        record = StepRecord(step, str(result.stage_dir), result.cache_hit, seconds, result.stats)
+        self.records.append(record)
+        log.info("pipeline: %s %s in %.1f s: %s", step, "cache hit" if result.cache_hit else "ran", seconds, result.stage_dir)
+        self.tracker.log_stage(step.replace(":", "/"), result.stats, seconds, result.cache_hit, str(result.stage_dir))
+        self._write()
+        return result
+
+    def _write(self) -> None:
+        payload = {"experiment": self.cfg.experiment_name, "steps": [r.as_dict() for r in self.records], "scores": self.scores}
+        tmp = self.run_dir / "pipeline.json.tmp"
+        tmp.write_text(json.dumps(payload, indent=1))
+        tmp.replace(self.run_dir / "pipeline.json")
+
+    def run(self) -> dict[str, Any]:
+        try:
+            return self._run_all()
+        finally:
+            self.pool.close()
+
+    def _run_all(self) -> dict[str, Any]:
+        cfg, stages = self.cfg, self.cfg.pipeline.stages
+        from magpie_exp.train import precision
+
+        for key in ("sft", "dpo"):  # hardware the recipe cannot use: say so before hours of generation
+            if key in stages:
+                precision(getattr(cfg, key), key)
+        replace = dataclasses.replace
+        previous: StageResult | None = None
+        results: dict[str, StageResult] = {}
+        for step in stages:
+            if step in ("generate", "tag", "curate", "pair"):
+                source = cfg.input if previous is None else str(previous.stage_dir)
+                if step == "pair":  # pairs come from the curated set, whatever ran just before
+                    source = str(results["curate"].stage_dir) if "curate" in results else cfg.input
+                sub = replace(cfg, stage=step, input=source if step != "generate" else None)
+                previous = results[step] = self._run(step, sub)
+            elif step == "sft":
+                source = str(results["curate"].stage_dir) if "curate" in results else cfg.input
+                results["sft"] = self._run("sft", replace(cfg, stage="train", trainer="sft", input=source))
+            elif step == "dpo":
+                source = str(results["pair"].stage_dir) if "pair" in results else cfg.input
+                init = results["sft"].exports["model"] if "sft" in results else cfg.dpo.init_from
+                dpo = replace(cfg.dpo, init_from=init)
+                results["dpo"] = self._run("dpo", replace(cfg, stage="train", trainer="dpo", input=source, dpo=dpo))
+            elif step == "evaluate":
+                self._evaluate(results)
+        self._write()
+        return {"steps": [r.as_dict() for r in self.records], "scores": self.scores}
+
+    def _evaluate(self, results: dict[str, StageResult]) -> None:
+        cfg, ev = self.cfg, self.cfg.evaluation
+        targets: list[tuple[str, str | None]] = []
+        if ev.model is not None:  # an explicit model: evaluate that one
+            targets.append((ev.label or "model", ev.model))
+        else:
+            for name in self.cfg.pipeline.evaluate_models:
+                if name == "generator":
+                    targets.append(("generator", "generator"))
+                elif name in results:
+                    targets.append((name, results[name].exports["model"]))
+                else:
+                    from magpie_exp.evaluate import trained_model_dir
+
+                    folder = trained_model_dir(dataclasses.replace(cfg, trainer=name))  # trained by an earlier run
+                    targets.append((name, str(folder)))
+        for label, model in targets:
+            sub = dataclasses.replace(cfg, stage="evaluate", evaluation=dataclasses.replace(ev, model=model, label=label))
+            result = self._run(f"evaluate:{label}", sub)
+            self.scores[label] = result.stats["benchmarks"]
+            self.tracker.log_scores(label, result.stats["benchmarks"])
+            rows = []
+            for bench in result.stats["benchmarks"]:
+                items = Path(result.stage_dir) / bench / "items.jsonl"
+                if items.exists():
+                    with items.open() as handle:
+                        for _, line in zip(range(self.cfg.tracker.sample_rows), handle, strict=False):
+                            rows.append({"benchmark": bench, **json.loads(line)})
+            self.tracker.log_table(f"eval/{label}/items", rows)
+
+
+def objective(scores: dict[str, Any], path: str | None) -> float | None:
+    """``pipeline.objective`` (model/benchmark/metric, e.g. dpo/mt_bench/score) looked up in the scores."""
+    if path is None:
+        return None
+    node: Any = scores
+    for part in path.split("/"):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"pipeline.objective: '{path}' is not in this run's scores (top level: {sorted(scores)}); "
+                              "use <model>/<benchmark>/<metric>, e.g. dpo/mt_bench/score")
+        node = node[part]
+    if not isinstance(node, (int, float)):
+        raise ConfigError(f"pipeline.objective: '{path}' is {node!r}, not a number")
+    return float(node)
