@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -144,10 +145,17 @@ def _hydra(args: list[str], monkeypatch) -> None:
 
     monkeypatch.setattr(sys, "argv", ["magpie-exp", *args])
     GlobalHydra.instance().clear()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     try:
         cli.main()
     finally:
         GlobalHydra.instance().clear()
+        for handler in root.handlers[:]:  # Hydra's job logging (this test's stderr, a log file) ends with the job
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        root.handlers[:], root.level = handlers, level
 
 
 def _jobs(sweep_dir: Path) -> list[dict]:
