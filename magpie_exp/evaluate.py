@@ -42,6 +42,7 @@ from magpie_exp.config import ConfigError, GeneratorConfig, MagpieConfig, Respon
 from magpie_exp.engines import Engine, SamplingSpec
 from magpie_exp.evaldata import LOADERS, MT_BENCH_TEMPERATURE, mt_bench_judge_prompts, subset
 from magpie_exp.generate import _stable_seed
+from magpie_exp.generators import eos_ids
 from magpie_exp.judging import PAIRWISE_VERSION, Judge, model_preference, mt_bench_messages, pairwise_messages
 from magpie_exp.shards import ShardStore
 from magpie_exp.stages import StageResult, check_writable, config_hash
@@ -86,10 +87,9 @@ def check_evaluation_config(cfg: MagpieConfig) -> None:
          "evaluation.benchmarks has lm_eval but evaluation.lm_eval.tasks is empty; e.g. 'evaluation.lm_eval.tasks=[gsm8k]'")
     need(ev.lm_eval.model in ("hf", "vllm"), f"evaluation.lm_eval.model must be hf or vllm; got {ev.lm_eval.model!r}")
     need(ev.lm_eval.batch_size >= 1, f"evaluation.lm_eval.batch_size must be >= 1; got {ev.lm_eval.batch_size}")
-    for task, path in ev.lm_eval.local_data.items():
+    for task in ev.lm_eval.local_data:
         need(task in ev.lm_eval.tasks, f"evaluation.lm_eval.local_data names task {task!r}, which is not in "
                                        f"evaluation.lm_eval.tasks {ev.lm_eval.tasks}; add it there or remove the entry")
-        del path
 
 
 # -- the evaluated model ----------------------------------------------------------------------------------------
@@ -145,18 +145,6 @@ def _candidate_generator(cand: Candidate, cfg: MagpieConfig) -> GeneratorConfig:
     ev = cfg.evaluation
     return GeneratorConfig(name=cand.label, model=cand.spec, max_model_len=ev.max_model_len,
                            response=ResponseSampling(temperature=0.0, max_tokens=ev.max_tokens))
-
-
-def _stop_ids(tokenizer: Any, model_path: str) -> tuple[int, ...]:
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    try:
-        from transformers import GenerationConfig
-
-        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
-        ids.extend([eos] if isinstance(eos, int) else list(eos or []))
-    except (OSError, ValueError):
-        pass
-    return tuple(dict.fromkeys(ids))
 
 
 # -- offline IFEval ---------------------------------------------------------------------------------------------
@@ -258,7 +246,7 @@ class EvaluateStage:
             gen = _candidate_generator(self.cand, self.cfg)
             injected = self.engines.get(self.cand.spec) if self.ev.model_engine is None else None
             self.model = self._chat_cls("evaluation.model", gen, self.cfg, injected, engine_cfg=self.model_engine)
-            self.stop_ids = _stop_ids(self.model.tokenizer, self.model.model_path)
+            self.stop_ids = tuple(dict.fromkeys(eos_ids(self.model.tokenizer, self.model.model_path)))
         return self.model
 
     def _spec(self, item: dict[str, Any], bench: str, turn: int) -> SamplingSpec:
@@ -489,10 +477,6 @@ def stage_payload(stage: EvaluateStage) -> dict[str, Any]:
             parts[bench] = {"model": stage.cand.key, "lm_eval": as_plain(ev.lm_eval), "limit": ev.limit}
     return {"stage": "evaluate", "stage_version": STAGE_VERSION, "label": stage.cand.label, "parts": parts,
             "bootstrap_rounds": ev.bootstrap_rounds}
-
-
-def stage_dir_for(cfg: MagpieConfig) -> Path:
-    return Path(cfg.paths.outputs) / "stages" / "evaluate" / config_hash(stage_payload(EvaluateStage(cfg, None)))
 
 
 def run_evaluate(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, show_progress: bool = True) -> StageResult:

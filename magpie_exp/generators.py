@@ -72,10 +72,8 @@ class Side:
             return False
 
 
-def _stop_ids(tokenizer: Any, model_path: str, templates: ChatTemplates) -> tuple[int, ...]:
-    """eos ids plus every special token on the turn boundaries (end of turn, next turn's header)."""
-    special = set(tokenizer.all_special_ids)
-    special |= {i for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(tok, "special", False)}
+def eos_ids(tokenizer: Any, model_path: str) -> list[int]:
+    """The tokenizer's eos id and the generation config's eos ids (a chat-tuned model's end-of-turn token)."""
     ids: list[int] = []
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
@@ -86,6 +84,14 @@ def _stop_ids(tokenizer: Any, model_path: str, templates: ChatTemplates) -> tupl
         ids.extend([eos] if isinstance(eos, int) else list(eos or []))
     except (OSError, ValueError):
         pass
+    return ids
+
+
+def _stop_ids(tokenizer: Any, model_path: str, templates: ChatTemplates) -> tuple[int, ...]:
+    """eos ids plus every special token on the turn boundaries (end of turn, next turn's header)."""
+    special = set(tokenizer.all_special_ids)
+    special |= {i for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(tok, "special", False)}
+    ids = eos_ids(tokenizer, model_path)
     for text in (templates.post_query, templates.end_of_turn or "", templates.mt_append or ""):
         ids.extend(i for i in tokenizer.encode(text, add_special_tokens=False) if i in special)
     return tuple(dict.fromkeys(ids))
