@@ -24,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from magpie_exp.config import STAGES, ConfigError, MagpieConfig, register_configs, to_schema
-from magpie_exp.stages import StageResult, check_writable
+from magpie_exp.stages import StageResult, check_writable, is_disk_full
 
 log = logging.getLogger("magpie_exp")
 
@@ -131,9 +131,18 @@ def run_pipeline(cfg: MagpieConfig, run_dir: Path, engines: dict[str, Any] | Non
 register_configs()
 
 
+def _private_files(run_dir: Path) -> None:
+    """What a run creates is not world-readable and only its owner writes it (umask 027): datasets, models and
+    logs of a shared machine stay with their owner and group."""
+    os.umask(os.umask(0o027) | 0o027)
+    if run_dir.is_dir() and run_dir.stat().st_uid == os.getuid():  # Hydra made it before the job started
+        run_dir.chmod(run_dir.stat().st_mode & ~0o027)
+
+
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
 def main(raw: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    _private_files(run_dir)
     try:
         cfg = to_schema(raw)
         if cfg.stage == "pipeline":
@@ -147,6 +156,14 @@ def main(raw: DictConfig) -> float | None:
     except ConfigError as exc:
         log.error("%s", exc)
         sys.exit(2)
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        log.error("paths.outputs: the disk under '%s' is full (%s); free some space or point paths.outputs at a "
+                  "bigger disk, then run the same command again: finished shards and checkpoints are kept, the "
+                  "unfinished ones are redone", cfg.paths.outputs if "cfg" in locals() else raw.paths.outputs,
+                  str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+        sys.exit(3)
     (run_dir / "stages.json").write_text(json.dumps(folders, indent=1))
     for stage, folder in folders.items():
         log.info("%s output: %s", stage, folder)

@@ -152,6 +152,7 @@ class TagConfig:
     reward_source: str = "model"  # model: tag.reward_model | judge: the judge's 1-10 score
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     base_model: GeneratorConfig | None = None  # a pretrained base model answering URIAL-style
+    base_engine: EngineConfig | None = None  # the base model's engine; null = the engine group
     base_max_tokens: int = 256
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
@@ -242,6 +243,7 @@ class TrainSpec:
     logging_steps: int = 1
     save_steps: int = 50  # checkpoints (the unit of resume)
     save_total_limit: int = 2
+    keep_checkpoints: bool = False  # false: checkpoints (weights + optimizer state) are deleted once the model is saved
     lora: LoraSpec = field(default_factory=LoraSpec)
     extra: dict[str, Any] = field(default_factory=dict)  # passed verbatim to SFTConfig / DPOConfig
 

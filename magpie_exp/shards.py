@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Iterable, Iterator
 
+from magpie_exp.faults import failpoint
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -123,9 +125,12 @@ class ShardStore:
     def write_shard(self, name: str, records: Iterable[dict[str, Any]], meta: dict[str, Any] | None = None) -> int:
         """Write one finished shard atomically and record it in the manifest; returns its record count."""
         lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
-        data = "".join(lines).encode("utf-8")
+        # a lone surrogate (half of a broken UTF-16 pair, from garbled input) is written as its JSON escape: valid
+        # UTF-8 on disk, and the same string when read back
+        data = "".join(lines).encode("utf-8", errors="backslashreplace")
         path = self.shard_path(name)
         _atomic_write_bytes(path, data)
+        failpoint("shard.renamed")
         self.manifest["shards"][name] = {
             "records": len(lines),
             "bytes": len(data),
@@ -133,6 +138,7 @@ class ShardStore:
             **(meta or {}),
         }
         self._save(self.manifest)
+        failpoint("shard.written")
         return len(lines)
 
     def read_shard(self, name: str) -> Iterator[dict[str, Any]]:

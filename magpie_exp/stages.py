@@ -46,6 +46,28 @@ def check_writable(folder: Path, key: str) -> None:
         raise ConfigError(f"{key}: cannot write to '{folder}' ({exc.strerror or exc}); point {key} at a writable folder") from exc
 
 
+def check_free_space(folder: Path, need: int, key: str, what: str, fix: str) -> None:
+    """Refuse to start a step that cannot finish: ``need`` bytes must be free under ``folder``."""
+    import shutil
+
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise ConfigError(f"{key}: '{folder}' has {free / 1e9:.1f} GB free but {what} needs about {need / 1e9:.1f} GB; "
+                          f"free some space, point {key} at a bigger disk, or {fix}")
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) is a full disk; libraries re-raise ENOSPC as their own errors."""
+    import errno
+
+    seen = 0
+    while exc is not None and seen < 10:
+        if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 @dataclass
 class StageResult:
     stage_dir: Path
@@ -71,6 +93,9 @@ class StageInput:
 
 def normalize_row(row: dict[str, Any], line: int, source: str) -> Record:
     """One input row in any supported layout -> a record; raises ConfigError naming the line."""
+    if not isinstance(row, dict):
+        raise ConfigError(f"input: {source} line {line} is a JSON {type(row).__name__}, not an object; "
+                          "give one record object per line")
     if "messages" in row:
         messages = row["messages"]
     elif "conversations" in row:
@@ -89,8 +114,23 @@ def normalize_row(row: dict[str, Any], line: int, source: str) -> Record:
     users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"] if ok else []
     if not ok or not users:
         raise ConfigError(f"input: {source} line {line}: messages must be a list of {{role, content}} with a user turn")
-    rid = row.get("id") or row.get("uuid") or record_id("input", users[0]["content"])
-    return {"id": str(rid), "messages": messages, "gen": row.get("gen", {}), "tags": dict(row.get("tags") or {})}
+    for key in ("tags", "gen"):
+        if not isinstance(row.get(key) or {}, dict):
+            raise ConfigError(f"input: {source} line {line}: '{key}' must be an object; got {type(row[key]).__name__}")
+    messages = [{**m, "content": _valid_text(m["content"])} for m in messages]
+    first_user = next(m["content"] for m in messages if m["role"] == "user")
+    rid = row.get("id") or row.get("uuid") or record_id("input", first_user)
+    return {"id": str(rid), "messages": messages, "gen": row.get("gen") or {}, "tags": dict(row.get("tags") or {})}
+
+
+def _valid_text(text: str) -> str:
+    """Text with lone surrogates (JSON escapes of half a UTF-16 pair, from garbled data) replaced by U+FFFD;
+    tokenizers refuse them."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
 
 
 def _file_digest(path: Path) -> str:
@@ -102,22 +142,30 @@ def _file_digest(path: Path) -> str:
 
 
 def _jsonl_input(path: Path, chunk: int) -> StageInput:
-    with path.open(encoding="utf-8") as handle:
-        count = sum(1 for _ in handle)
+    count = 0
+    with path.open("rb") as handle:
+        for count, raw in enumerate(handle, 1):  # noqa: B007 (the count is the point)
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"input: {path} line {count} is not UTF-8 ({exc.reason} at byte {exc.start}); "
+                                  "re-encode the file as UTF-8") from exc
     if count == 0:
         raise ConfigError(f"input: '{path}' is empty; give a JSONL file with at least one record")
     names = [f"in-{i:05d}" for i in range((count + chunk - 1) // chunk)]
 
     def read(name: str) -> Iterator[Record]:
         start = int(name.split("-")[1]) * chunk
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(itertools.islice(handle, start, start + chunk), start + 1):
+        with path.open("rb") as handle:  # lines split on b"\n" only, as counted above
+            for number, raw in enumerate(itertools.islice(handle, start, start + chunk), start + 1):
+                line = raw.decode("utf-8")
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ConfigError(f"input: {path} line {number} is not JSON ({exc.msg}); fix or remove the line") from exc
+                except (ValueError, RecursionError) as exc:  # bad JSON, nesting too deep, an integer too long
+                    reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)[:80]
+                    raise ConfigError(f"input: {path} line {number} is not JSON ({reason}); fix or remove the line") from exc
                 yield normalize_row(row, number, str(path))
 
     return StageInput(f"file:{_file_digest(path)}", path, names, read, {"stage": "file", "records": count})

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from magpie_exp import __version__
-from magpie_exp.config import ConfigError, MagpieConfig, as_plain
+from magpie_exp.config import ConfigError, MagpieConfig, as_plain, validate_engine
 from magpie_exp.engines import Engine
 from magpie_exp.labels import DIFFICULTY, QUALITY
 from magpie_exp.records import EXPORT_FILES, Record, export_records
@@ -321,6 +321,10 @@ def check_tag_config(cfg: MagpieConfig) -> None:
          f"tag.guard_format must be chat_template or instruction; got {t.guard_format!r}")
     need("base_reward" not in t.taggers or t.base_model is not None,
          "tag.taggers has base_reward but tag.base_model is null; set generator@tag.base_model=gemma3-270m-base")
+    if t.base_engine is not None:
+        validate_engine("tag.base_engine", t.base_engine)
+        need(t.base_engine.api == "completions", "tag.base_engine.api must be completions (a base model answers a raw "
+             "URIAL prompt; a chat API cannot); use engine@tag.base_engine=openai or hf or vllm")
     need("base_reward" not in t.taggers or "reward" in t.taggers,
          "tag.taggers has base_reward (reward difference) without reward; add reward to tag.taggers")
     need(t.batch_size >= 1, f"tag.batch_size must be >= 1; got {t.batch_size}")

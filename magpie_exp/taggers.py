@@ -125,13 +125,16 @@ class Models:
         return self._scorer
 
     @staticmethod
-    def identity(gen: GeneratorConfig) -> str:
-        return json.dumps([gen.model, gen.max_model_len, gen.tensor_parallel_size, gen.trust_remote_code])
+    def identity(gen: GeneratorConfig, engine_cfg: EngineConfig | None = None) -> str:
+        engine = None if engine_cfg is None else [engine_cfg.type, engine_cfg.base_urls]
+        return json.dumps([gen.model, gen.max_model_len, gen.tensor_parallel_size, gen.trust_remote_code, engine])
 
-    def get(self, key: str, gen: GeneratorConfig) -> ChatModel:
-        ident = self.identity(gen)
+    def get(self, key: str, gen: GeneratorConfig, engine_cfg: EngineConfig | None = None) -> ChatModel:
+        """The pooled model for ``gen``; ``engine_cfg`` (not the engine group) gets an engine of its own."""
+        ident = self.identity(gen, engine_cfg)
         if ident not in self.models:
-            self.models[ident] = ChatModel(key, gen, self.cfg, self.injected.get(gen.model))
+            injected = self.injected.get(gen.model) if engine_cfg is None else None
+            self.models[ident] = ChatModel(key, gen, self.cfg, injected, engine_cfg=engine_cfg)
         return self.models[ident]
 
     def release(self, keep: set[str]) -> None:
@@ -401,11 +404,11 @@ class BaseRewardTagger(Tagger):
     fields = ("base_response", "base_finish_reason", "base_reward")
 
     def model_ids(self) -> set[str]:
-        ids = {Models.identity(self.tc.base_model)}
+        ids = {Models.identity(self.tc.base_model, self.tc.base_engine)}
         return ids | ({Models.identity(self.tc.judge)} if self.tc.reward_source == "judge" else set())
 
     def prepare(self) -> None:
-        self.base = self.models.get("tag.base_model", self.tc.base_model)
+        self.base = self.models.get("tag.base_model", self.tc.base_model, self.tc.base_engine)
         self.scorer = self.models.scorer()
 
     def model_name(self) -> str:

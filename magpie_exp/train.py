@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from magpie_exp import __version__
 from magpie_exp.config import ConfigError, DPOSpec, MagpieConfig, SFTSpec, TrainSpec, as_plain
 from magpie_exp.models import resolve_model
 from magpie_exp.records import training_messages
-from magpie_exp.stages import StageResult, check_writable, config_hash, open_input, stage_folder
+from magpie_exp.stages import StageResult, check_free_space, check_writable, config_hash, open_input, stage_folder
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +83,15 @@ def _spec(cfg: MagpieConfig) -> tuple[str, SFTSpec | DPOSpec]:
     return cfg.trainer, (cfg.sft if cfg.trainer == "sft" else cfg.dpo)
 
 
+def _spec_key(spec: TrainSpec) -> dict[str, Any]:
+    plain = as_plain(spec)
+    plain.pop("keep_checkpoints")  # housekeeping: the same model either way
+    return plain
+
+
 def sft_stage_config(cfg: MagpieConfig, input_key: str) -> dict[str, Any]:
     return {"stage": "train", "trainer": "sft", "stage_version": STAGE_VERSION, "input": input_key, "seed": cfg.seed,
-            "sft": as_plain(cfg.sft)}
+            "sft": _spec_key(cfg.sft)}
 
 
 def sft_dir_for(cfg: MagpieConfig, use_input: bool = False) -> Path:
@@ -98,7 +106,7 @@ def sft_dir_for(cfg: MagpieConfig, use_input: bool = False) -> Path:
 
 
 def dpo_stage_config(cfg: MagpieConfig, input_key: str, init_key: str) -> dict[str, Any]:
-    dpo = as_plain(cfg.dpo)
+    dpo = _spec_key(cfg.dpo)
     dpo.pop("init_from")  # the init key says which model, however it was named
     return {"stage": "train", "trainer": "dpo", "stage_version": STAGE_VERSION, "input": input_key, "init": init_key,
             "seed": cfg.seed, "dpo": dpo}
@@ -237,6 +245,51 @@ def _load_model(model_path: str, spec: TrainSpec, key: str) -> Any:
     return model
 
 
+def _parameter_count(model_path: str) -> int:
+    """Parameters of a local safetensors model, from the file headers (no weights read); 0 if unknown."""
+    from safetensors import safe_open
+
+    count = 0
+    for path in Path(model_path).glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():
+                count += math.prod(handle.get_slice(name).get_shape())
+    return count
+
+
+def _check_disk(out: Path, model_path: str, spec: TrainSpec, key: str) -> None:
+    """The saved model plus, unless checkpoints are off, ``save_total_limit`` checkpoints holding the weights and
+    Adam's two fp32 moments (full fine-tuning; LoRA's are small) must fit under ``paths.outputs`` before training."""
+    params = _parameter_count(model_path)
+    if not params:
+        return  # not a local safetensors folder: transformers reports what is wrong with it
+    saved = params * (2 if precision(spec, key) in ("bf16", "fp16") or spec.lora.load_in_4bit else 4)
+    if spec.extra.get("save_strategy", "steps") == "no" or spec.lora.enabled:
+        checkpoints = 0
+    else:
+        checkpoints = max(spec.save_total_limit, 1) * (saved + 8 * params)
+    what = f"{key} ({saved / 1e9:.1f} GB model" + (f" + {checkpoints / 1e9:.1f} GB of checkpoints)" if checkpoints else ")")
+    check_free_space(out.parent, int(saved + checkpoints), "paths.outputs", what,
+                     f"turn checkpoints off ({key}.extra.save_strategy=no) or use LoRA ({key}.lora.enabled=true)")
+
+
+def _callbacks() -> list[Any]:
+    """The fault drills' ``train.checkpoint`` failpoint, when one is set (see magpie_exp.faults)."""
+    import os
+
+    from magpie_exp.faults import ENV, failpoint
+
+    if not os.environ.get(ENV, "").startswith("train."):
+        return []
+    from transformers import TrainerCallback
+
+    class Failpoint(TrainerCallback):
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            failpoint("train.checkpoint")
+
+    return [Failpoint()]
+
+
 def _last_checkpoint(out: Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -244,23 +297,48 @@ def _last_checkpoint(out: Path) -> str | None:
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
-def _finish(trainer: Any, tok: Any, eot: str | None, out: Path, stats: dict[str, Any]) -> None:
-    """Save the model with its chat template, and make its end-of-turn token a stop token."""
-    model_dir = out / "model"
-    if trainer.is_world_process_zero():
-        trainer.save_model(str(model_dir))
-        tok.save_pretrained(str(model_dir))
-        from transformers import GenerationConfig
+def _finish(trainer: Any, tok: Any, eot: str | None, out: Path, stats: dict[str, Any], spec: TrainSpec, key: str,
+            base_path: str) -> None:
+    """Save the model with its chat template, and make its end-of-turn token a stop token.
 
-        try:
-            gen = GenerationConfig.from_pretrained(str(model_dir))
-        except OSError:
-            gen = GenerationConfig()
-        stops = [tok.eos_token_id] + ([tok.convert_tokens_to_ids(eot)] if eot else [])
-        gen.eos_token_id = list(dict.fromkeys(i for i in stops if i is not None))
-        gen.pad_token_id = tok.pad_token_id
-        gen.save_pretrained(str(model_dir))
-        (out / "stats.json").write_text(json.dumps(stats, indent=1))
+    A LoRA run saves its adapter to ``adapter/`` and the base model with the adapter merged in to ``model/``, so
+    that every later step (DPO, evaluation, vLLM) loads a plain model folder. ``stats.json`` is written last: it
+    marks the folder complete. Checkpoints exist only to resume a killed run, so they go once the model is saved
+    unless ``keep_checkpoints`` (a full-weight checkpoint holds the optimizer state too: three times the model,
+    3 GB for Gemma-3-270M in fp32, ~100 GB for an 8B model)."""
+    model_dir = out / "model"
+    lora = spec.lora.enabled
+    trainer.save_model(str(out / "adapter" if lora else model_dir))  # on every rank: FSDP gathers the weights
+    if not trainer.is_world_process_zero():
+        return
+    if lora:
+        _merge_adapter(out / "adapter", base_path, model_dir, spec, key)
+    tok.save_pretrained(str(model_dir))
+    from transformers import GenerationConfig
+
+    try:
+        gen = GenerationConfig.from_pretrained(str(model_dir))
+    except OSError:
+        gen = GenerationConfig()
+    stops = [tok.eos_token_id] + ([tok.convert_tokens_to_ids(eot)] if eot else [])
+    gen.eos_token_id = list(dict.fromkeys(i for i in stops if i is not None))
+    gen.pad_token_id = tok.pad_token_id
+    gen.save_pretrained(str(model_dir))
+    (out / "stats.json").write_text(json.dumps(stats, indent=1))
+    if not spec.keep_checkpoints and (out / "checkpoints").is_dir():
+        shutil.rmtree(out / "checkpoints")
+
+
+def _merge_adapter(adapter: Path, base_path: str, model_dir: Path, spec: TrainSpec, key: str) -> None:
+    """The base model (unquantized, also after QLoRA) with the trained adapter merged into its weights."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    prec = precision(spec, key)
+    dtype = torch.bfloat16 if spec.lora.load_in_4bit or prec == "bf16" else torch.float16 if prec == "fp16" else torch.float32
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+    PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().save_pretrained(str(model_dir))
 
 
 def _stats(trainer: Any, spec: TrainSpec, seconds: float, rows: int, extra: dict[str, Any]) -> dict[str, Any]:
@@ -292,6 +370,7 @@ def run_sft(cfg: MagpieConfig) -> StageResult:
         return StageResult(out, json.loads((out / "stats.json").read_text()), {"model": str(out / "model")}, True)
     check_writable(out, "paths.outputs")
     model_path = resolve_model(spec.base_model, Path(cfg.paths.cache_dir), key="sft.base_model")
+    _check_disk(out, model_path, spec, "sft")
     tok, eot = prepare_tokenizer(model_path, spec, "sft")
     check_eot(tok, eot, "sft")
     import datasets
@@ -300,7 +379,7 @@ def run_sft(cfg: MagpieConfig) -> StageResult:
         packing=spec.packing, assistant_only_loss=spec.assistant_only_loss, eos_token=eot or tok.eos_token)))
     with _random_dataset_fingerprints():
         trainer = SFTTrainer(model=_load_model(model_path, spec, "sft"), args=args,
-                             train_dataset=datasets.Dataset.from_list(rows), processing_class=tok, peft_config=_lora(spec))
+                             train_dataset=datasets.Dataset.from_list(rows), processing_class=tok, peft_config=_lora(spec), callbacks=_callbacks())
     resume = _last_checkpoint(out)
     if resume:
         log.info("resuming SFT from %s", resume)
@@ -309,7 +388,7 @@ def run_sft(cfg: MagpieConfig) -> StageResult:
         trainer.train(resume_from_checkpoint=resume)
     stats = _stats(trainer, spec, time.perf_counter() - start, len(rows),
                    {"base_model": spec.base_model, "chat_template": spec.chat_template, "resumed_from": resume})
-    _finish(trainer, tok, eot, out, stats)
+    _finish(trainer, tok, eot, out, stats, spec, "sft", model_path)
     return StageResult(out, stats, {"model": str(out / "model")}, False)
 
 
@@ -346,6 +425,7 @@ def run_dpo(cfg: MagpieConfig) -> StageResult:
         log.info("cache hit: DPO model %s", out / "model")
         return StageResult(out, json.loads((out / "stats.json").read_text()), {"model": str(out / "model")}, True)
     check_writable(out, "paths.outputs")
+    _check_disk(out, init_path, spec, "dpo")
     tok, _ = prepare_tokenizer(init_path, spec, "dpo")
     eot = next((e for t, e in CHAT_TEMPLATES.values() if t == tok.chat_template), None)
     import datasets
@@ -354,13 +434,13 @@ def run_dpo(cfg: MagpieConfig) -> StageResult:
         beta=spec.beta, loss_type=[spec.loss_type], precompute_ref_log_probs=spec.precompute_ref_log_probs)))
     with _random_dataset_fingerprints():
         trainer = DPOTrainer(model=_load_model(init_path, spec, "dpo"), args=args,
-                             train_dataset=datasets.Dataset.from_list(rows), processing_class=tok, peft_config=_lora(spec))
+                             train_dataset=datasets.Dataset.from_list(rows), processing_class=tok, peft_config=_lora(spec), callbacks=_callbacks())
     resume = _last_checkpoint(out)
     start = time.perf_counter()
     with _random_dataset_fingerprints():
         trainer.train(resume_from_checkpoint=resume)
     stats = _stats(trainer, spec, time.perf_counter() - start, len(rows), {"init_from": init_path, "resumed_from": resume})
-    _finish(trainer, tok, eot, out, stats)
+    _finish(trainer, tok, eot, out, stats, spec, "dpo", init_path)
     return StageResult(out, stats, {"model": str(out / "model")}, False)
 
 

@@ -113,3 +113,33 @@ def test_every_curate_recipe_composes() -> None:
     for recipe in recipes:
         cfg = schema(f"curate={recipe}", "stage=curate")
         assert cfg.curate.name == recipe
+
+
+def test_remote_code_is_trusted_only_where_a_named_model_config_says_so() -> None:
+    """``trust_remote_code`` is false everywhere but in the config of the one model that needs it; the code never
+    sets it itself (every loader passes the config's value)."""
+    import re
+
+    import yaml
+
+    trusted = []
+    for path in sorted((REPO / "conf").rglob("*.yaml")):
+        def walk(node, where=path):
+            if isinstance(node, dict):
+                if node.get("trust_remote_code") is True:
+                    assert node.get("model"), f"{where}: trust_remote_code without the model it is for"
+                    trusted.append((where.relative_to(REPO).as_posix(), node["model"]))
+                for value in node.values():
+                    walk(value)
+            elif isinstance(node, list):
+                for value in node:
+                    walk(value)
+        walk(yaml.safe_load(path.read_text()))
+    assert trusted == [("conf/tag/reward_model/armorm-llama3-8b.yaml", "RLHFlow/ArmoRM-Llama3-8B-v0.1")]
+    cfg = schema()
+    for key, value in (("generator", cfg.generator), ("tag.judge", cfg.tag.judge), ("tag.guard", cfg.tag.guard),
+                       ("tag.base_model", cfg.tag.base_model), ("tag.reward_model", cfg.tag.reward_model),
+                       ("evaluation.judge", cfg.evaluation.judge)):
+        assert value is None or value.trust_remote_code is False, key
+    for source in (REPO / "magpie_exp").rglob("*.py"):
+        assert not re.search(r"trust_remote_code\s*=\s*True", source.read_text()), source

@@ -28,7 +28,9 @@ def _run(args: list[str], tmp_path: Path, name: str, **kwargs) -> subprocess.Com
 
 @pytest.mark.slow
 def test_sigkill_then_same_command_finishes_with_nothing_lost_or_duplicated(tmp_path: Path) -> None:
-    args = ["stage=generate", "engine.enforce_eager=true", "generate.count=30", "generate.shard_size=5",
+    # transformers as the engine: the same stage code as vLLM (the engine is behind one interface), without two
+    # vLLM start-ups; tests/test_openai_engine.py kills a vLLM server mid-run
+    args = ["stage=generate", "engine=hf", "generate.count=20", "generate.shard_size=5",
             "generate.multi_turn.fraction=0", "generator.instruction.max_tokens=48",
             "generator.response.max_tokens=24", "generate.export=[messages]", f"paths.outputs={tmp_path / 'out'}"]
     env = {**os.environ, "MAGPIE_EXP_CACHE": str(CACHE)}
@@ -43,21 +45,21 @@ def test_sigkill_then_same_command_finishes_with_nothing_lost_or_duplicated(tmp_
                 break
             time.sleep(0.2)
         assert proc.poll() is None, "the run ended before it could be killed: " + (tmp_path / "first.log").read_text()[-2000:]
-        os.killpg(proc.pid, signal.SIGKILL)  # the vLLM engine processes die with it
+        os.killpg(proc.pid, signal.SIGKILL)  # with any engine processes it started
         proc.wait()
     stage = manifests[0].parent
     manifest = json.loads(manifests[0].read_text())
-    assert not manifest["complete"] and 2 <= len(manifest["shards"]) < 6
+    assert not manifest["complete"] and 2 <= len(manifest["shards"]) < 4
     before = {name: (stage / "shards" / f"{name}.jsonl").read_bytes() for name in manifest["shards"]}
 
     rerun = _run(args, tmp_path, "second", timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     manifest = json.loads(manifests[0].read_text())
-    assert manifest["complete"] and len(manifest["shards"]) == 6
+    assert manifest["complete"] and len(manifest["shards"]) == 4
     for name, data in before.items():  # finished shards were kept, not redone
         assert (stage / "shards" / f"{name}.jsonl").read_bytes() == data
     records = [json.loads(line) for f in sorted((stage / "shards").glob("*.jsonl")) for line in f.read_text().splitlines()]
-    assert len(records) == 30 and len({r["id"] for r in records}) == 30
+    assert len(records) == 20 and len({r["id"] for r in records}) == 20
     assert not list(stage.rglob("*.tmp-*"))
     assert "cache hit" in _run(args, tmp_path, "third", timeout=300).stderr
 

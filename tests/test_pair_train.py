@@ -113,8 +113,10 @@ def sft_run(tmp_path_factory):
     from magpie_exp.train import run_train
 
     tmp = tmp_path_factory.mktemp("sft")
-    cfg = schema(f"input={write_conversations(tmp / 'sft.jsonl')}", f"paths.outputs={tmp}", "stage=train", *TINY)
-    return cfg, run_train(cfg), embedded_model_dir("gemma3-270m", CACHE)
+    cfg = schema(f"input={write_conversations(tmp / 'sft.jsonl')}", f"paths.outputs={tmp}", "stage=train", *TINY,
+                 "sft.save_steps=2")
+    yield cfg, run_train(cfg), embedded_model_dir("gemma3-270m", CACHE)
+    shutil.rmtree(tmp, ignore_errors=True)  # 1 GB of fp32 weights: not kept to the end of the session
 
 
 @pytest.mark.slow
@@ -135,20 +137,46 @@ def test_sft_changes_every_parameter_and_keeps_a_chat_template(sft_run) -> None:
     assert text.endswith("<start_of_turn>model\n")
     eot = tok.convert_tokens_to_ids("<end_of_turn>")
     assert eot in GenerationConfig.from_pretrained(model).eos_token_id
+    # the step-2 checkpoint (3 GB with the optimizer state) went once the model was saved (sft.keep_checkpoints=false)
+    assert not (result.stage_dir / "checkpoints").exists()
 
 
 @pytest.mark.slow
-def test_sft_resumes_from_its_last_checkpoint(sft_run) -> None:
-    from magpie_exp.train import run_train
+def test_lora_sft_trains_the_adapter_and_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
 
-    cfg, result, _ = sft_run
-    out = result.stage_dir
+    from magpie_exp.train import run_train, sft_dir_for
+
+    overrides = [f"input={write_conversations(tmp_path / 'sft.jsonl')}", f"paths.outputs={tmp_path}", "stage=train",
+                 "sft.lora.enabled=true", "sft.lora.r=4", "sft.learning_rate=1e-3", *TINY, "sft.warmup_steps=0", "sft.save_total_limit=2"]
+    cfg = schema(*overrides, "sft.keep_checkpoints=true")
+    first = run_train(cfg)
+    adapter = first.stage_dir / "adapter"
+    assert (adapter / "adapter_config.json").exists()
+    lora_b = [v for k, v in load_file(str(adapter / "adapter_model.safetensors")).items() if "lora_B" in k]
+    assert lora_b and all(v.abs().max() > 0 for v in lora_b)  # B starts at zero: non-zero means it trained
+    # model/ is a plain model folder with the adapter merged in: the adapted projections changed, nothing else did
+    from magpie_exp.models import embedded_model_dir
+
+    before, after = weights(embedded_model_dir("gemma3-270m", CACHE)), weights(Path(first.exports["model"]))
+    changed = {k for k in after if k in before and (after[k].float() - before[k].float()).abs().max() > 0}
+    assert changed and all(k.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight",
+                                       "gate_proj.weight", "up_proj.weight", "down_proj.weight")) for k in changed), changed
+
+    out = first.stage_dir
+    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     shutil.rmtree(out / "model")
     (out / "stats.json").unlink()
     shutil.rmtree(out / "checkpoints" / "checkpoint-2")  # killed after the first checkpoint
     again = run_train(cfg)
     assert again.stats["resumed_from"].endswith("checkpoint-1") and again.stats["steps"] == 2
+    # the resumed run retraces the uninterrupted one (same data order, optimizer and RNG state from the checkpoint)
+    assert [e["loss"] for e in again.stats["loss"]] == pytest.approx([e["loss"] for e in first.stats["loss"]], rel=1e-3)
     assert run_train(cfg).cache_hit
+    # keep_checkpoints is housekeeping, not a training setting: the same folder
+    assert sft_dir_for(cfg, use_input=True) == out
+    assert sft_dir_for(schema(*overrides, "sft.keep_checkpoints=false"), use_input=True) == out
+    assert sft_dir_for(schema(*overrides, "sft.save_steps=2"), use_input=True) != out
 
 
 @pytest.mark.slow
@@ -163,23 +191,6 @@ def test_dpo_from_the_sft_model(sft_run, tmp_path: Path) -> None:
     assert [k for k in after if (after[k].float() - before[k].float()).abs().max() == 0] == []
     losses = [entry["loss"] for entry in result.stats["loss"]]
     assert len(losses) == 2 and abs(losses[0] - 0.6931) < 0.05  # starts at log 2: policy == reference
-
-
-@pytest.mark.slow
-def test_lora_sft_trains_only_the_adapter(tmp_path: Path) -> None:
-    from magpie_exp.train import run_train
-
-    cfg = schema(f"input={write_conversations(tmp_path / 'sft.jsonl')}", f"paths.outputs={tmp_path}", "stage=train",
-                 "sft.lora.enabled=true", "sft.lora.r=4", "sft.learning_rate=1e-3", *TINY, "sft.max_steps=1",
-                 "sft.warmup_steps=0")
-    result = run_train(cfg)
-    model = Path(result.exports["model"])
-    assert (model / "adapter_config.json").exists()
-    from safetensors.torch import load_file
-
-    adapter = load_file(str(model / "adapter_model.safetensors"))
-    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
-    assert lora_b and all(v.abs().max() > 0 for v in lora_b)  # B starts at zero: non-zero means it trained
 
 
 @pytest.mark.slow

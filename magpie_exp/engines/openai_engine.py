@@ -3,9 +3,12 @@
 Magpie needs raw completions (no server-side chat template), so this speaks the completions endpoint with
 token-id prompts and vLLM's extra fields (``stop_token_ids``, ``skip_special_tokens``, ``return_token_ids``,
 ``vllm_xargs`` for the first-token ban). Requests are spread round-robin over ``engine.base_urls`` with at most
-``engine.max_concurrency`` in flight; a failed request is retried with exponential back-off on the next server,
-so one server dying mid-run loses no request. The API key is read from the environment variable named by
-``engine.api_key_env`` and never stored.
+``engine.max_concurrency`` in flight. A server that fails (connection refused or reset, time-out, 5xx, 429) is
+taken out of the rotation for a cool-down that doubles with each failure (2 s up to 60 s) and the request goes at
+once to the next healthy server; only when every server is cooling down does a request wait. So one server dying
+mid-run loses no request and slows the run only by its share of the work; a server that comes back rejoins after
+its cool-down. A request fails for good after ``engine.max_retries`` retries. The API key is read from the
+environment variable named by ``engine.api_key_env`` and never stored.
 
 With ``engine.api=chat`` it speaks ``/v1/chat/completions`` instead, with chat messages and only the standard
 OpenAI fields, so a hosted model (a GPT-4-class judge) or any server's own chat template can serve as a judge.
@@ -58,6 +61,9 @@ class OpenAIEngine(Engine):
         self._next = itertools.cycle(range(len(self.urls)))
         self._lock = threading.Lock()
         self.failures: dict[str, int] = {u: 0 for u in self.urls}
+        self.served: dict[str, int] = {u: 0 for u in self.urls}
+        self._down_until: dict[str, float] = {u: 0.0 for u in self.urls}
+        self._cooldown: dict[str, float] = {u: 0.0 for u in self.urls}
         self.chat = cfg.api == "chat"
         self.endpoint = "/v1/chat/completions" if self.chat else "/v1/completions"
         self.info = EngineInfo(kind="openai", version=self.endpoint.lstrip("/"), model=self.model,
@@ -105,12 +111,33 @@ class OpenAIEngine(Engine):
         return payload
 
     def _pick(self) -> str:
+        """The next server in the rotation that is not cooling down; if all are, the first to come back."""
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                for _ in range(len(self.urls)):
+                    url = self.urls[next(self._next)]
+                    if self._down_until[url] <= now:
+                        return url
+                wait = min(self._down_until.values()) - now
+            time.sleep(max(wait, 0.05))
+
+    def _failed(self, url: str, exc: Exception, attempt: int) -> None:
         with self._lock:
-            return self.urls[next(self._next)]
+            self.failures[url] += 1
+            self._cooldown[url] = min(max(self._cooldown[url] * 2, 2.0), 60.0)
+            self._down_until[url] = time.monotonic() + self._cooldown[url]
+            healthy = sum(until <= time.monotonic() for until in self._down_until.values())
+        log.warning("server %s failed (%s): out of the rotation for %.0f s, %d of %d servers left; retry %d/%d",
+                    url, str(exc)[:120], self._cooldown[url], healthy, len(self.urls), attempt + 1, self.max_retries)
+
+    def _succeeded(self, url: str) -> None:
+        with self._lock:
+            self.served[url] += 1
+            self._cooldown[url] = 0.0
 
     def _one(self, request: Request) -> list[Completion]:
         payload = self._payload(request)
-        delay = 1.0
         last_error: Exception | None = None
         for attempt in range(self.max_retries + 1):
             url = self._pick()
@@ -121,6 +148,7 @@ class OpenAIEngine(Engine):
                 if response.status_code >= 400:
                     raise ValueError(f"{url} refused the request ({response.status_code}): {response.text[:300]}")
                 body = response.json()
+                self._succeeded(url)
                 choices = sorted(body["choices"], key=lambda c: c.get("index", 0))
                 if self.chat:
                     tokens = (body.get("usage") or {}).get("completion_tokens") or 0
@@ -136,11 +164,7 @@ class OpenAIEngine(Engine):
                 ]
             except (httpx.TransportError, httpx.HTTPStatusError) as exc:
                 last_error = exc
-                with self._lock:
-                    self.failures[url] += 1
-                log.warning("server %s failed (%s); retry %d/%d in %.0fs", url, exc, attempt + 1, self.max_retries, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                self._failed(url, exc, attempt)
         raise RuntimeError(f"all {self.max_retries + 1} attempts failed; last error: {last_error}")
 
     def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
@@ -150,4 +174,6 @@ class OpenAIEngine(Engine):
             return list(pool.map(self._one, requests))
 
     def close(self) -> None:
+        if len(self.urls) > 1 or any(self.failures.values()):
+            log.info("server pool: requests served %s, failures %s", self.served, self.failures)
         self.client.close()

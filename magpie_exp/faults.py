@@ -1,0 +1,31 @@
+"""Failpoints: named places where the fault drills (tests/test_faults.py) kill the process, as a crash would.
+
+``MAGPIE_EXP_FAILPOINT=<name>:<n>`` sends SIGKILL to this process the n-th time it reaches ``<name>`` (no
+clean-up, no ``finally``, no flush: exactly what a killed node or the OOM killer does). Unset, a failpoint costs
+one dictionary lookup. The names:
+
+- ``shard.renamed``: a shard file is in place but not yet in its manifest (the narrowest window of all);
+- ``shard.written``: a shard and its manifest entry are both on disk;
+- ``train.checkpoint``: the trainer has just written a checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+ENV = "MAGPIE_EXP_FAILPOINT"
+_hits: Counter[str] = Counter()
+
+
+def failpoint(name: str) -> None:
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    target, _, count = spec.partition(":")
+    if target != name:
+        return
+    _hits[name] += 1
+    if _hits[name] == int(count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,132 @@
+"""Property-based tests (hypothesis) for the code that meets arbitrary text: the record reader, the shard store
+and the template cutter. The sanitizer's property test is in test_sanitize.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from conftest import SHARED
+from magpie_exp.config import ConfigError
+from magpie_exp.shards import ShardStore
+from magpie_exp.stages import _jsonl_input
+from magpie_exp.templates import TemplateError, derive_templates, jinja_render, next_user_prefix
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+                    max_leaves=12)
+ROLES = st.sampled_from(["system", "user", "assistant", "tool", "", None])
+MESSAGE = st.fixed_dictionaries({"role": ROLES, "content": st.text(max_size=40) | st.integers() | st.none()})
+ROW = st.one_of(JSON, st.fixed_dictionaries({"messages": st.lists(MESSAGE, max_size=4)},
+                                            optional={"id": JSON, "tags": JSON, "gen": JSON}),
+                st.fixed_dictionaries({"instruction": JSON, "response": JSON}),
+                st.fixed_dictionaries({"conversations": st.lists(st.dictionaries(st.sampled_from(["from", "value"]),
+                                                                                  st.text(max_size=10)), max_size=3)}))
+
+
+def _read_all(path: Path, chunk: int) -> list[dict]:
+    source = _jsonl_input(path, chunk)
+    return list(source.records())
+
+
+@SETTINGS
+@given(rows=st.lists(ROW, min_size=1, max_size=8), chunk=st.integers(1, 4))
+def test_reader_gives_records_or_one_config_error_naming_the_line(tmp_path: Path, rows: list, chunk: int) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    try:
+        records = _read_all(path, chunk)
+    except ConfigError as exc:
+        assert str(exc).startswith("input: ") and " line " in str(exc)
+        return
+    assert len(records) == len(rows)  # every row became exactly one record, whatever the chunking
+    for record in records:
+        assert any(m["role"] == "user" for m in record["messages"])
+        assert isinstance(record["id"], str) and isinstance(record["tags"], dict) and isinstance(record["gen"], dict)
+
+
+@SETTINGS
+@given(lines=st.lists(st.binary(max_size=60), min_size=1, max_size=6))
+@example(lines=[b"[" * 100_000])  # nesting deeper than the JSON parser's recursion limit
+@example(lines=[b"9" * 5000])  # an integer longer than Python converts
+@example(lines=[b'{"messages": [{"role": "user", "content": "\\ud800 half a pair"}]}', b"\xff\xfe garbage"])
+def test_reader_on_garbled_bytes_never_fails_any_other_way(tmp_path: Path, lines: list[bytes]) -> None:
+    path = tmp_path / "garbled.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    try:
+        _read_all(path, 2)
+    except ConfigError as exc:
+        assert " line " in str(exc) or "is empty" in str(exc)
+
+
+def test_lone_surrogates_from_input_become_replacement_characters(tmp_path: Path) -> None:
+    path = tmp_path / "surrogate.jsonl"
+    path.write_text('{"messages": [{"role": "user", "content": "broken \\ud83d pair"}]}\n', encoding="utf-8")
+    (record,) = _read_all(path, 10)
+    assert record["messages"][0]["content"] == "broken \ufffd pair"
+    record["messages"][0]["content"].encode("utf-8")  # a tokenizer can take it
+
+
+@SETTINGS
+@given(texts=st.lists(st.text(alphabet=st.characters(codec=None), max_size=50), min_size=1, max_size=5))
+def test_shards_round_trip_any_text_lone_surrogates_included(tmp_path: Path, texts: list[str]) -> None:
+    store = ShardStore(tmp_path / "s", "generate", "h")
+    rows = [{"id": str(i), "messages": [{"role": "user", "content": t}]} for i, t in enumerate(texts)]
+    store.write_shard("shard-0", rows)
+    again = ShardStore(tmp_path / "s", "generate", "h")
+    assert again.verify() == [] and list(again.read_shard("shard-0")) == rows
+    again.shard_path("shard-0").read_bytes().decode("utf-8")  # valid UTF-8 on disk
+
+
+# -- the template cutter -------------------------------------------------------------------------------------
+TEMPLATES = SHARED / "data" / "chat_templates"
+FAMILIES = {"llama3.1": "meta-llama-Llama-3.1-8B-Instruct.jinja", "qwen2.5": "Qwen-Qwen2.5-7B-Instruct.jinja",
+            "gemma2": "google-gemma-2-2b-it.jinja", "phi3.5": "microsoft-Phi-3.5-mini-instruct.jinja",
+            "mistral-nemo": "mistralai-Mistral-Nemo-Instruct-2407.jinja"}
+# user text as people write it: no template markup, no surrounding whitespace (templates trim it)
+PLAIN = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="<>[]|{}%#\r"), max_size=60).map(str.strip)
+
+
+def _render(name: str):
+    special = json.loads((TEMPLATES / "special_tokens.json").read_text()).get(FAMILIES[name], {})
+    return jinja_render((TEMPLATES / FAMILIES[name]).read_text(),
+                        {k: v for k, v in special.items() if k in ("bos_token", "eos_token")})
+
+
+@pytest.mark.skipif(not TEMPLATES.exists(), reason="needs ../shared/data/chat_templates")
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_cut_does_not_depend_on_the_message(family: str) -> None:
+    render = _render(family)
+    parts = derive_templates(render)
+
+    @SETTINGS
+    @given(text=PLAIN)
+    def check(text: str) -> None:
+        full = render([{"role": "user", "content": text}], True)
+        assert full == parts.pre_query + text + parts.post_query
+
+    check()
+
+
+@pytest.mark.skipif(not TEMPLATES.exists(), reason="needs ../shared/data/chat_templates")
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_next_user_prefix_is_a_prefix_of_every_continuation_or_a_template_error(family: str) -> None:
+    render = _render(family)
+
+    @SETTINGS
+    @given(turns=st.lists(st.text(max_size=30), min_size=2, max_size=6).map(lambda ts: ts[: len(ts) // 2 * 2]),
+           text=PLAIN)
+    def check(turns: list[str], text: str) -> None:
+        history = [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+        try:
+            prefix = next_user_prefix(render, history)
+        except TemplateError:
+            return  # the only error the cutter may raise
+        assert render([*history, {"role": "user", "content": text}], True).startswith(prefix)
+
+    check()
