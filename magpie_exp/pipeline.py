@@ -142,7 +142,7 @@ class EnginePool:
                 log.info("pipeline: starting the shared %s engine for %s", self.cfg.engine.type, gen.name)
                 self.engines[spec] = build_engine(self.cfg.engine, gen, path, self.cfg.seed)
                 if self.keep:
-                    _KEPT[key] = self.engines[spec]
+                    _keep(key, self.engines[spec])
         return self.engines[spec]
 
     def _identity(self, gen: GeneratorConfig) -> str:
@@ -171,11 +171,27 @@ def engine_identity(cfg: MagpieConfig, gen: GeneratorConfig) -> str:
 def lend_engine(cfg: MagpieConfig, gen: GeneratorConfig, engine: Engine) -> None:
     """Offer an engine the caller owns (a test session's, a notebook's) to every later pipeline run in this process."""
     key = engine_identity(cfg, gen)
-    _KEPT[key] = engine
+    _keep(key, engine)
     _LENT.add(key)
 
 
-@atexit.register
+def _keep(key: str, engine: Engine) -> None:
+    """Keep ``engine`` for later runs in this process, and close it when the process exits.
+
+    The exit hook is registered here, after the engine exists: atexit runs hooks last-registered first, and
+    multiprocessing's own hook (registered when vLLM first imports it) joins the engine's worker process, which
+    only ends once the engine is closed. Registered at import time, the hook came too late and the process
+    hung at exit."""
+    global _HOOKED
+    _KEPT[key] = engine
+    if not _HOOKED:
+        atexit.register(_close_kept)
+        _HOOKED = True
+
+
+_HOOKED = False
+
+
 def _close_kept() -> None:
     while _KEPT:
         key, engine = _KEPT.popitem()
