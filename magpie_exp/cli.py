@@ -161,7 +161,7 @@ def main(raw: DictConfig) -> float | None:
             raise
         log.error("paths.outputs: the disk under '%s' is full (%s); free some space or point paths.outputs at a "
                   "bigger disk, then run the same command again: finished shards and checkpoints are kept, the "
-                  "unfinished ones are redone", cfg.paths.outputs if "cfg" in locals() else raw.paths.outputs,
+                  "unfinished ones are redone", raw.paths.outputs,
                   str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
         sys.exit(3)
     (run_dir / "stages.json").write_text(json.dumps(folders, indent=1))

@@ -228,12 +228,21 @@ def _lora(spec: TrainSpec) -> Any:
                       target_modules=spec.lora.target_modules, task_type="CAUSAL_LM")
 
 
+def _dtype(spec: TrainSpec, key: str, saved: bool = False) -> Any:
+    """The torch dtype of the trained weights; ``saved``: of the weights written to ``model/`` (a QLoRA run's
+    merged model is bf16, not 4-bit)."""
+    import torch
+
+    if saved and spec.lora.load_in_4bit:
+        return torch.bfloat16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision(spec, key), torch.float32)
+
+
 def _load_model(model_path: str, spec: TrainSpec, key: str) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision(spec, key), torch.float32)
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": _dtype(spec, key)}
     if spec.lora.load_in_4bit:
         from transformers import BitsAndBytesConfig
 
@@ -263,7 +272,7 @@ def _check_disk(out: Path, model_path: str, spec: TrainSpec, key: str) -> None:
     params = _parameter_count(model_path)
     if not params:
         return  # not a local safetensors folder: transformers reports what is wrong with it
-    saved = params * (2 if precision(spec, key) in ("bf16", "fp16") or spec.lora.load_in_4bit else 4)
+    saved = params * _dtype(spec, key, saved=True).itemsize
     if spec.extra.get("save_strategy", "steps") == "no" or spec.lora.enabled:
         checkpoints = 0
     else:
@@ -331,13 +340,10 @@ def _finish(trainer: Any, tok: Any, eot: str | None, out: Path, stats: dict[str,
 
 def _merge_adapter(adapter: Path, base_path: str, model_dir: Path, spec: TrainSpec, key: str) -> None:
     """The base model (unquantized, also after QLoRA) with the trained adapter merged into its weights."""
-    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    prec = precision(spec, key)
-    dtype = torch.bfloat16 if spec.lora.load_in_4bit or prec == "bf16" else torch.float16 if prec == "fp16" else torch.float32
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=_dtype(spec, key, saved=True))
     PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().save_pretrained(str(model_dir))
 
 
