@@ -72,6 +72,22 @@ class EngineConfig:
 
 
 @dataclass
+class ExecutorConfig:
+    """Where in-process engines (vllm, hf) run: here, or as Ray actors that share out every batch (conf/executor/)."""
+
+    type: str = "local"  # local | ray
+    address: str | None = None  # ray: null = start a Ray cluster inside this run; auto = join the running one; ray://h:p
+    workers: int | None = 2  # ray: engine actors per model; null = as many as the cluster's GPUs (or CPUs) allow
+    cpus_per_worker: float = 1.0  # ray: CPUs each actor reserves (on CPU: the cores its vLLM binds)
+    gpus_per_worker: float | None = None  # ray: null = the model's tensor_parallel_size when the cluster has GPUs, else 0
+    chunks_per_worker: int = 1  # ray: a batch is cut into workers x this many chunks, handed out as actors free up
+    max_retries: int = 3  # ray: a chunk whose actor died goes to another actor up to this many times
+    max_restarts: int = 1  # ray: Ray restarts a dead actor (which reloads its model) this many times
+    num_cpus: int | None = None  # ray, a cluster started here: CPUs it offers (null = all)
+    object_store_mib: int = 512  # ray, a cluster started here: object store size
+
+
+@dataclass
 class GridCell:
     temperature: float = 1.0
     top_p: float = 1.0
@@ -332,6 +348,7 @@ class MagpieConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     response_generator: GeneratorConfig | None = None  # default: the instruction generator
     engine: EngineConfig = field(default_factory=EngineConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     tag: TagConfig = field(default_factory=TagConfig)
     curate: CurateConfig = field(default_factory=CurateConfig)
@@ -399,6 +416,31 @@ def validate_engine(prefix: str, eng: EngineConfig) -> None:
            f"{prefix}.api=chat needs {prefix}.type=openai (an OpenAI-compatible endpoint); got type {eng.type!r}")
 
 
+EXECUTORS = ("local", "ray")
+
+
+def validate_executor(ex: ExecutorConfig, engine: EngineConfig) -> None:
+    _check(ex.type in EXECUTORS, f"executor.type must be one of {', '.join(EXECUTORS)}; got {ex.type!r}")
+    if ex.type != "ray":
+        return
+    _check(ex.workers is None or ex.workers >= 1, f"executor.workers must be >= 1 or null (as many as fit); got {ex.workers}")
+    _check(ex.cpus_per_worker > 0, f"executor.cpus_per_worker must be > 0; got {ex.cpus_per_worker}")
+    _check(ex.gpus_per_worker is None or ex.gpus_per_worker >= 0,
+           f"executor.gpus_per_worker must be >= 0 or null (the model's tensor_parallel_size); got {ex.gpus_per_worker}")
+    _check(ex.chunks_per_worker >= 1, f"executor.chunks_per_worker must be >= 1; got {ex.chunks_per_worker}")
+    _check(ex.max_retries >= 0, f"executor.max_retries must be >= 0; got {ex.max_retries}")
+    _check(ex.max_restarts >= 0, f"executor.max_restarts must be >= 0; got {ex.max_restarts}")
+    _check(ex.object_store_mib >= 64, f"executor.object_store_mib must be >= 64; got {ex.object_store_mib}")
+    _check(engine.type != "openai",
+           "executor=ray runs in-process engines (engine=vllm or hf) as Ray actors; engine.type=openai already sends "
+           "its requests to servers: use executor=local, or engine=vllm to run the model on the Ray cluster")
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise ConfigError("executor.type=ray needs Ray, which is not installed; run `pip install 'magpie-exp[ray]'` "
+                          "or use executor=local") from None
+
+
 def validate(cfg: MagpieConfig) -> MagpieConfig:
     """Check values the schema's types cannot; raise ``ConfigError`` naming key, value and fix."""
     _check(cfg.stage in STAGES, f"stage must be one of {', '.join(STAGES)}; got {cfg.stage!r}")
@@ -406,6 +448,7 @@ def validate(cfg: MagpieConfig) -> MagpieConfig:
     if cfg.response_generator is not None:
         _validate_generator("response_generator", cfg.response_generator)
     validate_engine("engine", cfg.engine)
+    validate_executor(cfg.executor, cfg.engine)
     steps = cfg.pipeline.stages if cfg.stage == "pipeline" else [cfg.stage]
     raw = [s for s in steps if s in ("generate", "pair")]
     _check(cfg.engine.api == "completions" or not raw,

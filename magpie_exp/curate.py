@@ -196,6 +196,11 @@ def check_inputs(cfg: MagpieConfig, source: StageInput) -> None:
     taggers = source.manifest.get("config", {}).get("tag", {}).get("taggers")
     if source.manifest.get("stage") != "tag" or taggers is None:
         return
+    check_tagged_fields(cfg, list(taggers))
+
+
+def check_tagged_fields(cfg: MagpieConfig, taggers: list[str]) -> None:
+    """Every field the curate recipe reads is written by one of ``taggers`` (the pipeline checks before it starts)."""
     fields = [r.field for r in cfg.curate.rules]
     fields += (["near_dup_keep"] if cfg.curate.dedup else []) + ([cfg.curate.select.by] if cfg.curate.select.by else [])
     fields += [cfg.curate.quota.by] if cfg.curate.quota.by else []

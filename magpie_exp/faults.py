@@ -6,7 +6,11 @@ one dictionary lookup. The names:
 
 - ``shard.renamed``: a shard file is in place but not yet in its manifest (the narrowest window of all);
 - ``shard.written``: a shard and its manifest entry are both on disk;
-- ``train.checkpoint``: the trainer has just written a checkpoint.
+- ``train.checkpoint``: the trainer has just written a checkpoint;
+- ``ray.worker.generate``: a Ray engine actor (``executor=ray``) is handed a chunk of requests.
+
+With ``MAGPIE_EXP_FAILPOINT_ONCE=<file>`` as well, only the first process to create ``<file>`` dies: the actors
+of a Ray cluster share the environment, and a restarted actor counts from zero again.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import signal
 from collections import Counter
 
 ENV = "MAGPIE_EXP_FAILPOINT"
+ONCE_ENV = "MAGPIE_EXP_FAILPOINT_ONCE"
 _hits: Counter[str] = Counter()
 
 
@@ -27,5 +32,12 @@ def failpoint(name: str) -> None:
     if target != name:
         return
     _hits[name] += 1
-    if _hits[name] == int(count or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+    if _hits[name] != int(count or 1):
+        return
+    once = os.environ.get(ONCE_ENV)
+    if once:
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+    os.kill(os.getpid(), signal.SIGKILL)

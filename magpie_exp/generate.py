@@ -134,7 +134,7 @@ class GenerateStage:
 
     def _engine(self, side: Side) -> Engine:
         if side.engine is None:
-            side.engine = self.injected.get(side.key) or build_engine(self.cfg.engine, side.cfg, side.model_path, self.cfg.seed)
+            side.engine = self.injected.get(side.key) or build_engine(self.cfg.engine, side.cfg, side.model_path, self.cfg.seed, self.cfg.executor)
         return side.engine
 
     def close(self) -> None:

@@ -116,7 +116,7 @@ class PairStage:
         if self.chat.engine is None:
             from magpie_exp.engines import build_engine
 
-            self.chat.engine = build_engine(self.cfg.engine, self.side.cfg, self.side.model_path, self.cfg.seed)
+            self.chat.engine = build_engine(self.cfg.engine, self.side.cfg, self.side.model_path, self.cfg.seed, self.cfg.executor)
         outputs = self.chat.engine.generate(requests)
         self.seconds["generate"] += time.perf_counter() - start
         if self.scorer is None:

@@ -100,7 +100,8 @@ class EnginePool:
         if keep is None:  # on CPU an idle engine costs only memory; on a GPU node training needs the GPUs
             import torch
 
-            keep = not torch.cuda.is_available()
+            # a Ray cluster joined by address may hold GPUs that training needs; one started here is this machine
+            keep = not torch.cuda.is_available() and not (cfg.executor.type == "ray" and cfg.executor.address)
         self.keep = keep
         ev = cfg.evaluation
         candidates = [cfg.generator, cfg.response_generator, cfg.tag.judge, cfg.tag.guard,
@@ -139,8 +140,9 @@ class EnginePool:
                         if old not in _LENT:
                             engine.close()
                 path = resolve_model(gen.model, Path(self.cfg.paths.cache_dir), key="generator.model")
-                log.info("pipeline: starting the shared %s engine for %s", self.cfg.engine.type, gen.name)
-                self.engines[spec] = build_engine(self.cfg.engine, gen, path, self.cfg.seed)
+                log.info("pipeline: starting the shared %s engine for %s (executor %s)", self.cfg.engine.type, gen.name,
+                         self.cfg.executor.type)
+                self.engines[spec] = build_engine(self.cfg.engine, gen, path, self.cfg.seed, self.cfg.executor)
                 if self.keep:
                     _keep(key, self.engines[spec])
         return self.engines[spec]
@@ -164,7 +166,7 @@ def engine_identity(cfg: MagpieConfig, gen: GeneratorConfig) -> str:
     """What makes two in-process engines interchangeable: engine settings, model, context, parallelism, seed."""
     from magpie_exp.config import as_plain
 
-    return json.dumps([as_plain(cfg.engine), gen.model, gen.max_model_len, gen.tensor_parallel_size,
+    return json.dumps([as_plain(cfg.engine), as_plain(cfg.executor), gen.model, gen.max_model_len, gen.tensor_parallel_size,
                        gen.trust_remote_code, cfg.seed], sort_keys=True)
 
 
@@ -247,6 +249,10 @@ class Pipeline:
         for key in ("sft", "dpo"):  # hardware the recipe cannot use: say so before hours of generation
             if key in stages:
                 precision(getattr(cfg, key), key)
+        if "tag" in stages and "curate" in stages:  # a recipe on a field no tagger writes: say so before generating
+            from magpie_exp.curate import check_tagged_fields
+
+            check_tagged_fields(cfg, list(cfg.tag.taggers))
         replace = dataclasses.replace
         previous: StageResult | None = None
         results: dict[str, StageResult] = {}

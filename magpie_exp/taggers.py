@@ -96,7 +96,7 @@ class ChatModel:
 
     def generate(self, requests: list[Request]) -> list[Any]:
         if self.engine is None:
-            self.engine = build_engine(self.engine_cfg, self.gen, self.model_path, self.cfg.seed)
+            self.engine = build_engine(self.engine_cfg, self.gen, self.model_path, self.cfg.seed, self.cfg.executor)
         start = time.perf_counter()
         out = self.engine.generate(requests)
         self.seconds += time.perf_counter() - start

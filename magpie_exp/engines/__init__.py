@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from collections.abc import Sequence
 
 if TYPE_CHECKING:
-    from magpie_exp.config import EngineConfig, GeneratorConfig
+    from magpie_exp.config import EngineConfig, ExecutorConfig, GeneratorConfig
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,17 @@ class Engine(ABC):
         """Release the model (engines hold GPU/CPU memory and worker processes)."""
 
 
-def build_engine(engine: EngineConfig, generator: GeneratorConfig, model_path: str, seed: int) -> Engine:
-    """Build the engine that ``engine.type`` names for one generator model."""
+def build_engine(engine: EngineConfig, generator: GeneratorConfig, model_path: str, seed: int,
+                 executor: ExecutorConfig | None = None) -> Engine:
+    """Build the engine that ``engine.type`` names for one generator model.
+
+    With ``executor.type=ray`` an in-process engine (vllm, hf) runs as Ray actors instead (engines/ray_engine.py);
+    an ``openai`` engine is a client of its servers either way.
+    """
+    if executor is not None and executor.type == "ray" and engine.type in ("vllm", "hf"):
+        from magpie_exp.engines.ray_engine import RayEngine
+
+        return RayEngine(engine, generator, model_path, seed, executor)
     if engine.type == "vllm":
         from magpie_exp.engines.vllm_engine import VLLMEngine
 

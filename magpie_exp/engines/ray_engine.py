@@ -1,0 +1,319 @@
+"""``executor=ray``: one model's in-process engine (vllm or hf) as Ray actors that share out every batch.
+
+A :class:`RayEngine` is an :class:`~magpie_exp.engines.Engine` like the others, so generate, tag (judge, guard,
+reward, URIAL base answers), pair and the evaluation answers and judges run on it unchanged. Each ``generate``
+call is cut into chunks of about equal sample counts (:func:`cut`), the chunks go to the actors as they free up,
+and the answers are put back in request order. The driver keeps writing every shard and manifest, so resume,
+checksums and stage hashes are exactly those of ``executor=local`` (the executor is in no stage hash: a run
+started locally can be finished on a cluster).
+
+Cutting a request of n samples does not change its samples on vLLM: vLLM seeds the k-th sample of a request
+seeded s with s + k (``vllm/v1/engine/parallel_sampling.py``), so the part that starts at sample k is sent with
+seed s + k and draws what one engine would have drawn.
+
+An actor that dies (lost node, out of memory, killed) fails only its chunk in flight, which goes at once to an
+actor that is alive; Ray restarts the dead actor (``executor.max_restarts``), and it rejoins when it answers a
+ping. A chunk is tried ``1 + executor.max_retries`` times at most; then the stage stops with the error, and
+what was written stays for the rerun, as after any crash.
+
+On CPU every actor binds its own cores (``executor.cpus_per_worker`` of them, in actor order) so two vLLM-CPU
+engines do not fight over one core. On GPU each actor reserves ``gpus_per_worker`` GPUs (default: the model's
+``tensor_parallel_size``) and its vLLM runs tensor parallel over them. Model folders must be readable at the
+same path on every node (a shared file system); hub ids are fetched by each node.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+
+from magpie_exp.engines import Completion, Engine, EngineInfo, Request
+
+if TYPE_CHECKING:
+    from magpie_exp.config import EngineConfig, ExecutorConfig, GeneratorConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Samples ``offset .. offset + request.sampling.n - 1`` of request ``index``."""
+
+    index: int
+    offset: int
+    request: Request
+
+
+def cut(requests: Sequence[Request], parts: int) -> list[list[Piece]]:
+    """Cut ``requests`` into at most ``parts`` chunks of about equal sample counts, in order.
+
+    A request whose samples straddle a boundary is split; each part keeps the seeds its samples had (s + offset).
+    """
+    total = sum(r.sampling.n for r in requests)
+    target = max(1, math.ceil(total / max(1, parts)))
+    chunks: list[list[Piece]] = [[]]
+    room = target
+    for index, request in enumerate(requests):
+        offset, left = 0, request.sampling.n
+        while left > 0:
+            if room == 0:
+                chunks.append([])
+                room = target
+            take = min(left, room)
+            spec = request.sampling
+            if take != spec.n:
+                spec = replace(spec, n=take, seed=None if spec.seed is None else spec.seed + offset)
+            chunks[-1].append(Piece(index, offset, replace(request, sampling=spec)))
+            offset, left, room = offset + take, left - take, room - take
+    return [chunk for chunk in chunks if chunk]
+
+
+def join(requests: Sequence[Request], chunks: list[list[Piece]], outputs: list[list[list[Completion]]]) -> list[list[Completion]]:
+    """Put the chunks' completions back together: one list of n completions per request, in request order."""
+    parts: list[list[tuple[int, list[Completion]]]] = [[] for _ in requests]
+    for chunk, out in zip(chunks, outputs, strict=True):
+        if len(out) != len(chunk):
+            raise RuntimeError(f"a Ray worker answered {len(out)} of the {len(chunk)} requests it was sent")
+        for piece, completions in zip(chunk, out, strict=True):
+            parts[piece.index].append((piece.offset, completions))
+    joined = [[c for _, cs in sorted(p, key=lambda item: item[0]) for c in cs] for p in parts]
+    for request, completions in zip(requests, joined, strict=True):
+        if len(completions) != request.sampling.n:
+            raise RuntimeError(f"a request for {request.sampling.n} samples came back with {len(completions)}")
+    return joined
+
+
+def start_ray(ex: ExecutorConfig) -> Any:
+    """Connect to the cluster ``executor.address`` names, or start one in this process (once per process)."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    common = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
+    started = time.perf_counter()
+    if ex.address:
+        ray.init(address=ex.address, **common)
+    else:
+        ray.init(num_cpus=ex.num_cpus or os.cpu_count() or 1, object_store_memory=ex.object_store_mib << 20, **common)
+    resources = ray.cluster_resources()
+    log.info("ray %s: %s cluster with %g CPUs, %g GPUs, %d node(s) (%.1fs)", ray.__version__,
+             "joined the" if ex.address else "started a", resources.get("CPU", 0), resources.get("GPU", 0),
+             len(ray.nodes()), time.perf_counter() - started)
+    return ray
+
+
+class EngineWorker:
+    """The actor: one engine of its own, built from the same configs as a local one."""
+
+    def __init__(self, engine_cfg: EngineConfig, generator: GeneratorConfig, model_path: str, seed: int,
+                 slot: int, cores: int, on_gpu: bool) -> None:
+        if not on_gpu:
+            # Actor ``slot`` binds its own cores, so two vLLM-CPU engines on one node never share one.
+            count = os.cpu_count() or 1
+            first = (slot * cores) % count
+            last = min(first + cores, count) - 1
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"{first}-{last}"
+            os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+        from magpie_exp.engines import build_engine
+
+        self.engine = build_engine(engine_cfg, generator, model_path, seed)
+
+    def describe(self) -> dict[str, Any]:
+        import ray
+
+        return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(), "info": asdict(self.engine.info),
+                "cores": os.environ.get("VLLM_CPU_OMP_THREADS_BIND")}
+
+    def ping(self) -> bool:
+        return True
+
+    def generate(self, requests: list[Request]) -> list[list[Completion]]:
+        from magpie_exp.faults import failpoint
+
+        failpoint("ray.worker.generate")
+        return self.engine.generate(requests)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+@dataclass
+class _Actor:
+    slot: int
+    handle: Any
+    up: bool = True
+    dead: bool = False  # restarts exhausted
+    ping: Any = None  # the ObjectRef of the ping sent after a failure
+    ping_at: float = 0.0  # when to ping again (time.monotonic) after a ping found it still restarting
+    chunks: int = 0
+    samples: int = 0
+    failures: int = 0
+
+
+class RayEngine(Engine):
+    """``workers`` Ray actors for one model; see the module docstring."""
+
+    def __init__(self, cfg: EngineConfig, generator: GeneratorConfig, model_path: str, seed: int,
+                 ex: ExecutorConfig) -> None:
+        ray = start_ray(ex)
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        self._lost = (RayActorError, ActorUnavailableError)
+        self.ex, self.name = ex, generator.name
+        resources = ray.cluster_resources()
+        on_gpu = resources.get("GPU", 0) > 0
+        gpus = ex.gpus_per_worker if ex.gpus_per_worker is not None else (generator.tensor_parallel_size if on_gpu else 0)
+        workers = ex.workers
+        if workers is None:  # as many as fit
+            fit = resources.get("GPU", 0) // gpus if gpus else resources.get("CPU", 1) // ex.cpus_per_worker
+            workers = max(1, int(fit))
+        self._check_fit(resources, workers, gpus)
+        remote = ray.remote(EngineWorker).options(num_cpus=ex.cpus_per_worker, num_gpus=gpus,
+                                                  max_restarts=ex.max_restarts, max_task_retries=0)
+        cores = max(1, int(ex.cpus_per_worker))
+        log.info("ray: starting %d %s worker(s) for %s (%g CPU, %g GPU each)", workers, cfg.type, generator.name,
+                 ex.cpus_per_worker, gpus)
+        started = time.perf_counter()
+        self.actors = [_Actor(slot, remote.remote(cfg, generator, model_path, seed, slot, cores, bool(gpus)))
+                       for slot in range(workers)]
+        # The actors load their models side by side; describe() returns once each is ready (or raises its error).
+        try:
+            described = ray.get([a.handle.describe.remote() for a in self.actors])
+        except self._lost as exc:
+            for actor in self.actors:
+                ray.kill(actor.handle, no_restart=True)
+            cause = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise RuntimeError(f"a Ray worker could not start the {cfg.type} engine for {generator.name} "
+                               f"({model_path}): {cause}") from exc
+        for actor, about in zip(self.actors, described, strict=True):
+            log.info("ray worker %d: pid %s on %s, cores %s", actor.slot, about["pid"], about["node"], about["cores"])
+        first = described[0]["info"]
+        self.info = EngineInfo(kind=first["kind"], version=first["version"], model=first["model"],
+                               extra={**first["extra"], "executor": "ray", "workers": workers})
+        log.info("ray: %d worker(s) ready in %.1fs", workers, time.perf_counter() - started)
+
+    def _check_fit(self, resources: dict[str, float], workers: int, gpus: float) -> None:
+        """Actors that cannot all be placed would wait for ever: refuse that on a cluster started here (a joined
+        cluster may be autoscaling, so there it is a warning)."""
+        need = {"CPU": workers * self.ex.cpus_per_worker, "GPU": workers * gpus}
+        short = {k: v for k, v in need.items() if v > resources.get(k, 0) + 1e-9}
+        if not short:
+            return
+        kind = "GPU" if "GPU" in short else "CPU"
+        per = gpus if kind == "GPU" else self.ex.cpus_per_worker
+        message = (f"executor.workers={workers} with {per:g} {kind} each needs {need[kind]:g} {kind}s but the Ray "
+                   f"cluster has {resources.get(kind, 0):g}; lower executor.workers or executor."
+                   f"{'gpus' if kind == 'GPU' else 'cpus'}_per_worker (null workers = as many as fit)")
+        if self.ex.address:
+            log.warning("%s; waiting for the cluster to grow", message)
+            return
+        from magpie_exp.config import ConfigError
+
+        raise ConfigError(message)
+
+    # -- health -----------------------------------------------------------------------------------------------
+    def _lose(self, actor: _Actor, exc: BaseException) -> None:
+        actor.failures += 1
+        actor.up = False
+        log.warning("ray worker %d for %s is lost (%s); its chunk goes to another worker, and it rejoins once Ray "
+                    "has restarted it", actor.slot, self.name, type(exc).__name__)
+        actor.ping, actor.ping_at = None, 0.0
+
+    def _recover(self, wait_s: float = 0.0) -> None:
+        """Let lost actors that answer their ping rejoin (waiting up to ``wait_s`` for the first).
+
+        A ping to an actor Ray is still restarting fails with ``ActorUnavailableError``: it is asked again a second
+        later. ``ActorDiedError`` means Ray will not restart it (``executor.max_restarts`` used up)."""
+        import ray
+        from ray.exceptions import ActorUnavailableError
+
+        now = time.monotonic()
+        for actor in self.actors:
+            if not actor.up and not actor.dead and actor.ping is None and now >= actor.ping_at:
+                actor.ping = actor.handle.ping.remote()
+        pings = {a.ping: a for a in self.actors if a.ping is not None}
+        if not pings:
+            if wait_s:
+                time.sleep(1.0)
+            return
+        ready, _ = ray.wait(list(pings), num_returns=1 if wait_s else len(pings), timeout=wait_s)
+        for ref in ready:
+            actor = pings[ref]
+            actor.ping = None
+            try:
+                ray.get(ref)
+            except ActorUnavailableError:
+                actor.ping_at = time.monotonic() + 1.0
+                continue
+            except self._lost as exc:
+                actor.dead = True
+                log.error("ray worker %d for %s is gone for good (%s; executor.max_restarts=%d used up)",
+                          actor.slot, self.name, type(exc).__name__, self.ex.max_restarts)
+                continue
+            actor.up = True
+            log.info("ray worker %d for %s is back", actor.slot, self.name)
+
+    # -- work -------------------------------------------------------------------------------------------------
+    def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
+        if not requests:
+            return []
+        import ray
+
+        chunks = cut(requests, len(self.actors) * self.ex.chunks_per_worker)
+        outputs: list[Any] = [None] * len(chunks)
+        queue, tries = deque(range(len(chunks))), [0] * len(chunks)
+        flying: dict[Any, tuple[int, _Actor]] = {}
+        while queue or flying:
+            self._recover()
+            busy = {id(actor) for _, actor in flying.values()}
+            for actor in self.actors:
+                if queue and actor.up and id(actor) not in busy:
+                    c = queue.popleft()
+                    flying[actor.handle.generate.remote([p.request for p in chunks[c]])] = (c, actor)
+            if not flying:
+                if all(a.dead for a in self.actors):
+                    raise RuntimeError(f"every Ray worker for {self.name} is dead (executor.max_restarts="
+                                       f"{self.ex.max_restarts} used up); what was written is kept: rerun to resume")
+                self._recover(wait_s=600.0)  # every actor is restarting: wait for the first back
+                continue
+            [ref], _ = ray.wait(list(flying), num_returns=1)
+            c, actor = flying.pop(ref)
+            try:
+                outputs[c] = ray.get(ref)
+            except self._lost as exc:
+                self._lose(actor, exc)
+                tries[c] += 1
+                if tries[c] > self.ex.max_retries:
+                    raise RuntimeError(f"a chunk of {len(chunks[c])} requests for {self.name} lost its Ray worker "
+                                       f"{tries[c]} times (executor.max_retries={self.ex.max_retries}); what was "
+                                       "written is kept: rerun to resume") from exc
+                queue.appendleft(c)
+                continue
+            actor.chunks += 1
+            actor.samples += sum(p.request.sampling.n for p in chunks[c])
+        return join(requests, chunks, outputs)
+
+    def close(self) -> None:
+        actors, self.actors = getattr(self, "actors", []), []
+        if not actors:
+            return
+        import ray
+
+        for actor in actors:
+            log.info("ray worker %d for %s: %d chunks, %d samples, %d failure(s)", actor.slot, self.name,
+                     actor.chunks, actor.samples, actor.failures)
+        if not ray.is_initialized():
+            return
+        closing = [a.handle.close.remote() for a in actors if not a.dead]
+        try:
+            ray.get(closing, timeout=120)
+        except Exception as exc:  # best effort: killing the actor frees it anyway
+            log.debug("ray worker close: %s", exc)
+        for actor in actors:
+            ray.kill(actor.handle, no_restart=True)
