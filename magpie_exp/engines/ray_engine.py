@@ -18,7 +18,8 @@ what was written stays for the rerun, as after any crash.
 
 On CPU every actor binds its own cores (``executor.cpus_per_worker`` of them, in actor order) so two vLLM-CPU
 engines do not fight over one core. On GPU each actor reserves ``gpus_per_worker`` GPUs (default: the model's
-``tensor_parallel_size``) and its vLLM runs tensor parallel over them. Model folders must be readable at the
+``tensor_parallel_size``) and its vLLM runs tensor parallel over them with its multiprocessing backend (an actor
+has no placement group and sees just its own GPUs, which is when vLLM 0.32 picks ``mp``: vllm/config/parallel.py). Model folders must be readable at the
 same path on every node (a shared file system); hub ids are fetched by each node.
 """
 
