@@ -72,10 +72,7 @@ def main() -> None:
     parser.add_argument("--skip-hf", action="store_true")
     args = parser.parse_args()
 
-    from hydra import compose, initialize_config_dir
-
-    from magpie_exp.cli import conf_dir, setup_environment
-    from magpie_exp.config import register_configs, to_schema
+    from magpie_exp.cli import load_config, setup_environment
     from magpie_exp.engines import build_engine
     from magpie_exp.generate import run_generate
     from magpie_exp.models import resolve_model
@@ -83,14 +80,10 @@ def main() -> None:
     cache = Path(os.environ.get("MAGPIE_EXP_CACHE", REPO / ".cache"))
     os.environ["MAGPIE_EXP_CACHE"] = str(cache)
     setup_environment(cache)
-    register_configs()
     out = tempfile.mkdtemp(prefix="magpie-bench-")
-    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
-        cfg = to_schema(compose(config_name="config", overrides=[
-            f"generate.count={args.count}", f"generate.shard_size={args.shard_size}",
-            "generate.multi_turn.fraction=0", "generate.export=[messages]", f"paths.outputs={out}",
-            f"engine.enforce_eager={str(args.eager).lower()}",
-        ]))
+    cfg = load_config(f"generate.count={args.count}", f"generate.shard_size={args.shard_size}",
+                      "generate.multi_turn.fraction=0", "generate.export=[messages]", f"paths.outputs={out}",
+                      f"engine.enforce_eager={str(args.eager).lower()}")
     model = resolve_model(cfg.generator.model, cache)
     engine = build_engine(cfg.engine, cfg.generator, model, cfg.seed)
     recorder = Recorder(engine)

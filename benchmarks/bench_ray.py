@@ -32,16 +32,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _config(outputs: Path, count: int, executor: list[str]):  # noqa: ANN202 - MagpieConfig
-    from hydra import compose, initialize_config_dir
+    from magpie_exp.cli import load_config
 
-    from magpie_exp.cli import conf_dir
-    from magpie_exp.config import register_configs, to_schema
-
-    register_configs()
-    overrides = ["stage=generate", "engine.enforce_eager=true", f"generate.count={count}",
-                 f"generate.shard_size={count}", "generate.multi_turn.fraction=0", f"paths.outputs={outputs}", *executor]
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return to_schema(compose(config_name="config", overrides=overrides))
+    return load_config("stage=generate", "engine.enforce_eager=true", f"generate.count={count}",
+                       f"generate.shard_size={count}", "generate.multi_turn.fraction=0", f"paths.outputs={outputs}",
+                       *executor)
 
 
 def main() -> None:

@@ -71,19 +71,15 @@ def _serve(model_dir: str, threads: int, log: Path) -> tuple[subprocess.Popen, s
 
 
 def _generate(urls: list[str], count: int, out: Path) -> tuple[int, float]:
-    from hydra import compose, initialize_config_dir
-
-    from magpie_exp.config import register_configs, to_schema
+    from magpie_exp.cli import load_config
     from magpie_exp.generate import run_generate
 
-    register_configs()
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        raw = compose("config", overrides=[
-            "stage=generate", "engine=openai", f"engine.base_urls=[{','.join(urls)}]", "engine.served_model_name=smollm2",
-            "engine.max_concurrency=16", f"paths.outputs={out}", f"generate.count={count}", f"generate.shard_size={count}",
-            "generate.multi_turn.fraction=0", "generator.instruction.max_tokens=64", "generator.response.max_tokens=64"])
+    cfg = load_config(
+        "stage=generate", "engine=openai", f"engine.base_urls=[{','.join(urls)}]", "engine.served_model_name=smollm2",
+        "engine.max_concurrency=16", f"paths.outputs={out}", f"generate.count={count}", f"generate.shard_size={count}",
+        "generate.multi_turn.fraction=0", "generator.instruction.max_tokens=64", "generator.response.max_tokens=64")
     start = time.perf_counter()
-    result = run_generate(to_schema(raw), show_progress=False)
+    result = run_generate(cfg, show_progress=False)
     return result.stats["records"], time.perf_counter() - start
 
 

@@ -49,16 +49,11 @@ def bench_tagging(records: int) -> None:
     import os
     from pathlib import Path
 
-    from hydra import compose, initialize_config_dir
-
-    from magpie_exp.cli import conf_dir, setup_environment
-    from magpie_exp.config import register_configs, to_schema
+    from magpie_exp.cli import load_config, setup_environment
     from magpie_exp.engines import Request, SamplingSpec, build_engine
     from magpie_exp.taggers import Models, QualityTagger
 
-    register_configs()
-    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
-        cfg = to_schema(compose(config_name="config", overrides=["engine.enforce_eager=true"]))
+    cfg = load_config("engine.enforce_eager=true")
     setup_environment(Path(os.environ.get("MAGPIE_EXP_CACHE", Path(cfg.paths.cache_dir))))
     instructions = [f"Question {i}: how do I get better at {topic}?" for i, topic in
                     enumerate(["chess", "cooking", "running", "writing", "drawing", "python", "algebra", "singing"] * (records // 8 + 1))][:records]

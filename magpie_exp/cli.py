@@ -35,6 +35,20 @@ def conf_dir() -> str:
     return str(packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "conf")
 
 
+def compose_config(*overrides: str) -> DictConfig:
+    """The shipped config composed with Hydra overrides, as ``magpie-exp <overrides>`` would see it (no run)."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def load_config(*overrides: str) -> MagpieConfig:
+    """``compose_config`` checked against the schema and validated (for scripts, notebooks and benchmarks)."""
+    return to_schema(compose_config(*overrides))
+
+
 def setup_environment(cache_dir: Path) -> None:
     """Keep vLLM / inductor caches and vLLM's temporary files in our cache folder, not scattered in $HOME."""
     cache_dir.mkdir(parents=True, exist_ok=True)

@@ -17,21 +17,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def compose(*overrides: str):
     """Compose the shipped Hydra config with overrides, as the CLI would (no run)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from magpie_exp.cli import compose_config
 
-    from magpie_exp.cli import conf_dir
-    from magpie_exp.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
+    return compose_config(*overrides)
 
 
 def schema(*overrides: str):
-    from magpie_exp.config import to_schema
+    from magpie_exp.cli import load_config
 
-    return to_schema(compose(*overrides))
+    return load_config(*overrides)
 
 
 @pytest.fixture(scope="session")

@@ -39,8 +39,17 @@ def resolve_dtype(dtype: str) -> str:
     return "float32"
 
 
-def bind_cpu_cores(cores: int | None) -> None:
-    """Let vLLM-CPU use cores 0..N-1 (default all) with none reserved; measured 1.6x over its 1-core default here."""
-    count = cores or os.cpu_count() or 1
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{count - 1}")
-    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+def bind_cpu_cores(cores: int | None, slot: int | None = None) -> None:
+    """Let vLLM-CPU use cores 0..N-1 (default all) with none reserved; measured 1.6x over its 1-core default here.
+
+    ``slot`` k (a Ray actor, ``executor=ray``) binds the k-th group of ``cores`` cores instead, wrapping around the
+    machine, and overrides an inherited binding: two engines on one node then never share a core."""
+    total = os.cpu_count() or 1
+    count = cores or total
+    if slot is None:
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{count - 1}")
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        return
+    first = (slot * count) % total
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"{first}-{min(first + count, total) - 1}"
+    os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"

@@ -115,12 +115,9 @@ class EngineWorker:
     def __init__(self, engine_cfg: EngineConfig, generator: GeneratorConfig, model_path: str, seed: int,
                  slot: int, cores: int, on_gpu: bool) -> None:
         if not on_gpu:
-            # Actor ``slot`` binds its own cores, so two vLLM-CPU engines on one node never share one.
-            count = os.cpu_count() or 1
-            first = (slot * cores) % count
-            last = min(first + cores, count) - 1
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"{first}-{last}"
-            os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+            from magpie_exp.engines.hardware import bind_cpu_cores
+
+            bind_cpu_cores(cores, slot)  # before the engine reads it: this actor's own cores
         from magpie_exp.engines import build_engine
 
         self.engine = build_engine(engine_cfg, generator, model_path, seed)
