@@ -4,6 +4,7 @@
     magpie-exp stage=generate generator=llama3.1-8b-instruct control=math generate.count=10000
     magpie-exp -m curate=pro-filter3,english-safe      # a Hydra multirun sweep (stages shared where equal)
     magpie-exp experiment=embedded-pro-dpo       # an experiment (conf/experiment/)
+    magpie-exp stage=inspect generator=gpt-oss-20b generator.model=<folder>   # the template, stops, BOS, reasoning
 
 The Hydra ``main`` only wires: environment, config check, pipeline or stage call, tracker. A bad value ends
 with one line naming the key and the fix (exit code 2), never a half-written stage folder that looks complete.
@@ -159,6 +160,12 @@ def main(raw: DictConfig) -> float | None:
     _private_files(run_dir)
     try:
         cfg = to_schema(raw)
+        if cfg.stage == "inspect":  # a report on stdout: no stage folder, no engine
+            from magpie_exp.inspection import render_text, run_inspect
+
+            report = run_inspect(cfg)
+            sys.stdout.write((json.dumps(report, ensure_ascii=False, indent=1) if cfg.inspect.json else render_text(report)) + "\n")
+            return None
         if cfg.stage == "pipeline":
             from magpie_exp.pipeline import objective
 

@@ -39,7 +39,10 @@ class GeneratorConfig:
     chat_template: str | None = None  # Jinja text or a .jinja path; default: the tokenizer's own
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {enable_thinking: false} for Qwen3
     pre_query_template: str | None = None  # verbatim override where the official table deliberately differs
-    stop_token_ids: list[int] | None = None  # default: eos + the special tokens of the turn boundaries
+    stop_token_ids: list[int] | None = None  # default: eos + the template's turn-boundary markers (generators.py)
+    template_date: str = "2026-01-01"  # what strftime_now returns while the chat template renders (pinned prompts)
+    reasoning: str = "default"  # default (the template's) | on | off: drives enable_thinking / thinking
+    reasoning_format: str = "auto"  # auto (from the template) | none | think | harmony | gemma4
     stop_strings: list[str] = field(default_factory=list)
     single_line: bool = False  # stop instructions at the first newline (the official "early stopping")
     sanitize: str | None = None  # official clean-up rules: llama3 | gemma2 | null
@@ -99,6 +102,7 @@ class SystemPrompt:
     name: str = MISSING  # control task name recorded in provenance ("math", "code", "zh", ...)
     text: str | None = MISSING  # null = the chat template's own default (no control)
     weight: float = 1.0
+    prefill: str | None = None  # first words of the user turn, after the pre-query and kept in the instruction
 
 
 @dataclass
@@ -254,7 +258,10 @@ class TrainSpec:
     lr_scheduler_type: str = "cosine"
     warmup_steps: int = 0
     weight_decay: float = 0.0
-    precision: str = "auto"  # auto (bf16 where the hardware has it, else fp32) | bf16 | fp16 | fp32
+    # The compute dtype (autocast): auto (bf16 where the hardware has it, else fp32) | bf16 | fp16 | fp32. Trainable
+    # weights and the optimizer state stay fp32 under every setting (master weights; see magpie_exp.train).
+    precision: str = "auto"
+    save_dtype: str = "fp32"  # dtype of the saved model/: fp32 | bf16 | fp16 (stats.json says what rounding kept)
     gradient_checkpointing: bool = False
     logging_steps: int = 1
     save_steps: int = 50  # checkpoints (the unit of resume)
@@ -270,6 +277,7 @@ class SFTSpec(TrainSpec):
     chat_template: str | None = "gemma"  # built-in: llama3 | gemma | chatml, a .jinja path, or null = the model's own
     packing: bool = True
     assistant_only_loss: bool = True  # loss on assistant turns only (needs {% generation %} markers)
+    include_reasoning: bool = False  # train on "<think>\n{trace}\n</think>\n\n{answer}" where a record has a trace
 
 
 @dataclass
@@ -341,6 +349,13 @@ class PathsConfig:
 
 
 @dataclass
+class InspectConfig:
+    """``stage=inspect``: what the generator's template gives Magpie, from the tokenizer alone."""
+
+    json: bool = False  # print one JSON object on stdout instead of the text report
+
+
+@dataclass
 class MagpieConfig:
     stage: str = "pipeline"
     seed: int = 0
@@ -362,9 +377,10 @@ class MagpieConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     force: list[str] = field(default_factory=list)  # pipeline stages to re-run although their output is cached
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    inspect: InspectConfig = field(default_factory=InspectConfig)
 
 
-STAGES = ("pipeline", "generate", "tag", "curate", "pair", "train", "evaluate")
+STAGES = ("pipeline", "generate", "tag", "curate", "pair", "train", "evaluate", "inspect")
 PIPELINE_STAGES = ("generate", "tag", "curate", "pair", "sft", "dpo", "evaluate")
 TAGGERS = ("length", "language", "quality", "difficulty", "task_category", "judge_score", "safety", "reward",
            "base_reward", "embedding")
@@ -401,6 +417,17 @@ def _validate_generator(prefix: str, gen: GeneratorConfig) -> None:
         _check(value >= 1, f"{prefix}.{key} must be >= 1; got {value}")
     _check(gen.tensor_parallel_size >= 1, f"{prefix}.tensor_parallel_size must be >= 1; got {gen.tensor_parallel_size}")
     _check(gen.max_model_len >= 16, f"{prefix}.max_model_len must be >= 16; got {gen.max_model_len}")
+    _check(gen.reasoning in ("default", "on", "off"), f"{prefix}.reasoning must be default, on or off; got {gen.reasoning!r}"
+           + (" (in YAML quote it: reasoning: \"off\"; a bare on/off is read as a boolean)" if gen.reasoning in ("True", "False") else ""))
+    formats = ("auto", "none", "think", "harmony", "gemma4")  # magpie_exp.reasoning.FORMATS
+    _check(gen.reasoning_format in formats,
+           f"{prefix}.reasoning_format must be one of {', '.join(formats)}; got {gen.reasoning_format!r}")
+    import datetime
+
+    try:
+        datetime.date.fromisoformat(str(gen.template_date))
+    except ValueError:
+        raise ConfigError(f"{prefix}.template_date must be a date like 2026-01-01; got {gen.template_date!r}") from None
 
 
 def validate_engine(prefix: str, eng: EngineConfig) -> None:
@@ -475,6 +502,8 @@ def validate(cfg: MagpieConfig) -> MagpieConfig:
         _check(sp.weight > 0, f"generate.system_prompts[{i}].weight must be > 0; got {sp.weight}")
         _check(sp.text is None or bool(sp.text.strip()),
                f"generate.system_prompts[{i}].text is empty; give the system prompt text, or null for the template default")
+        _check(sp.prefill is None or bool(sp.prefill.strip()),
+               f"generate.system_prompts[{i}].prefill is empty; give the first words of the user turn, or null")
     mt = g.multi_turn
     _check(mt.num_turns >= 1, f"generate.multi_turn.num_turns must be >= 1; got {mt.num_turns}")
     _check(0 <= mt.fraction <= 1, f"generate.multi_turn.fraction must be in [0, 1]; got {mt.fraction}")

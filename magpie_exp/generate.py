@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from magpie_exp import __version__
+from magpie_exp import __version__, reasoning
 from magpie_exp.config import GridCell, MagpieConfig, as_plain
 from magpie_exp.engines import Completion, Engine, Request, SamplingSpec, build_engine
 from magpie_exp.generators import Side, load_side
@@ -77,6 +77,7 @@ class Conversation:
     turns: list[dict[str, Any]]
     instruction_sampling: dict[str, Any]
     pre_query: str
+    prefill: str | None = None  # the first words of the user turn, given with the pre-query (Magpie-Prefill)
     alive: bool = True  # False once a follow-up question failed
 
 
@@ -157,14 +158,15 @@ class GenerateStage:
     # -- sampling specs -------------------------------------------------------------------------------------------
     def _instruction_spec(self, cell: GridCell, n: int, seed: int) -> SamplingSpec:
         gen = self.cfg.generator
-        stop = list(gen.stop_strings) + (["\n"] if gen.single_line else [])
+        stops = self.ins.instruction_stops
+        stop = list(gen.stop_strings) + list(stops.strings) + (["\n"] if gen.single_line else [])
         return SamplingSpec(
             n=n,
             temperature=cell.temperature,
             top_p=cell.top_p,
             max_tokens=gen.instruction.max_tokens,
-            stop=tuple(stop),
-            stop_token_ids=self.ins.stop_token_ids,
+            stop=tuple(dict.fromkeys(stop)),
+            stop_token_ids=stops.token_ids,
             seed=seed,
             ban_first_token_ids=self.ins.ban_first_token_ids,
         )
@@ -176,9 +178,12 @@ class GenerateStage:
             temperature=r.temperature,
             top_p=r.top_p,
             max_tokens=r.max_tokens,
-            stop_token_ids=self.res.stop_token_ids,
+            stop=self.res.response_stops.strings,
+            stop_token_ids=self.res.response_stops.token_ids,
             seed=seed,
             repetition_penalty=r.repetition_penalty,
+            # a reasoning format's markers are special tokens in some families: keep them to split the trace
+            skip_special_tokens=self.res.reasoning_format == "none",
         )
 
     def _clean(self, completion: Completion, stats: Counter) -> tuple[str | None, str | None, str | None]:
@@ -188,6 +193,8 @@ class GenerateStage:
         text, rule = completion.text.strip(), None
         if not text:
             return None, "empty", None
+        if reasoning.has_markers(self.ins.reasoning_format, text):  # a user turn is plain text, never a trace
+            return None, "reasoning_in_instruction", None
         if self.cfg.generator.sanitize:
             text, rule = sanitize_instruction(text, self.cfg.generator.sanitize)
             text = text.strip()
@@ -196,29 +203,33 @@ class GenerateStage:
                 return None, "empty_after_sanitize", rule
         return text, None, rule
 
-    def _choose_system(self, rng: random.Random) -> tuple[str | None, str | None]:
+    def _choose_system(self, rng: random.Random) -> tuple[str | None, str | None, str | None]:
+        """(system prompt, control task name, prefill) of one request's control entry."""
         if not self.g.system_prompts:
-            return None, None
+            return None, None, None
         choice = rng.choices(self.g.system_prompts, weights=[sp.weight for sp in self.g.system_prompts])[0]
-        return choice.text, choice.name
+        return choice.text, choice.name, choice.prefill
 
     # -- one shard ----------------------------------------------------------------------------------------------
     def _respond(self, convs: list[Conversation], turn: int, stats: Counter) -> None:
         if not convs:
             return
         seeds = [_stable_seed(self.cfg.seed, conv.id, "res", turn) for conv in convs]
-        requests = [
-            Request(self.res.encode(response_prompt(self.res.render, conv.messages)), self._response_spec(seed))
-            for conv, seed in zip(convs, seeds, strict=True)
-        ]
-        for conv, out, seed in zip(convs, self._call(self.res, requests), seeds, strict=True):
+        prompts = [response_prompt(self.res.render, conv.messages) for conv in convs]
+        requests = [Request(self.res.encode(prompt), self._response_spec(seed)) for prompt, seed in zip(prompts, seeds, strict=True)]
+        for conv, out, seed, prompt in zip(convs, self._call(self.res, requests), seeds, prompts, strict=True):
             completion = out[0]
             stats["response_tokens"] += completion.token_count
             stats[f"response_finish:{completion.finish_reason}"] += 1
-            conv.messages.append({"role": "assistant", "content": completion.text.strip()})
+            message, closed = self.res.assistant_message(completion, prompt)
+            stats["responses_with_reasoning"] += "reasoning_content" in message
+            conv.messages.append(message)
             conv.turns[-1].update(
                 response_finish_reason=completion.finish_reason, response_tokens=completion.token_count, response_seed=seed
             )
+            if not closed:  # cut inside its trace: no answer, whatever the trace says
+                conv.turns[-1]["reasoning_closed"] = False
+                conv.alive = False
 
     def _sample_round(self, plan: ShardPlan, round_index: int, want: int) -> list[tuple[dict[str, Any], int, Completion]]:
         """Sample ``want`` instructions in requests of ``generate.samples_per_request`` from the shared prefix;
@@ -227,14 +238,18 @@ class GenerateStage:
         for j, start in enumerate(range(0, want, self.g.samples_per_request)):
             n = min(self.g.samples_per_request, want - start)
             rng = random.Random(_stable_seed(self.cfg.seed, plan.name, round_index, j, "system"))
-            system_prompt, task = self._choose_system(rng)
+            system_prompt, task, prefill = self._choose_system(rng)
             pre_query, ids = self.ins.prefix(system_prompt)
+            if prefill:  # the user turn is begun for the model: steering without a system role (Gemma-2)
+                ids = self.ins.encode(pre_query + prefill)
             spec = self._instruction_spec(plan.cell, n, _stable_seed(self.cfg.seed, plan.name, round_index, j))
             requests.append(Request(ids, spec))
             contexts.append({"system_prompt": system_prompt, "control_task": task, "pre_query": pre_query,
-                             "instruction_sampling": spec.as_dict()})
+                             "prefill": prefill, "instruction_sampling": spec.as_dict()})
         outputs = self._call(self.ins, requests)
-        return [(ctx, k, c) for ctx, out in zip(contexts, outputs, strict=True) for k, c in enumerate(out)]
+        # a prefilled instruction is the prefill and what the model wrote after it
+        return [(ctx, k, Completion((ctx["prefill"] or "") + c.text, c.token_count, c.finish_reason))
+                for ctx, out in zip(contexts, outputs, strict=True) for k, c in enumerate(out)]
 
     def _first_turns(self, plan: ShardPlan, seen: set[str], stats: Counter) -> list[Conversation]:
         accepted: list[Conversation] = []
@@ -262,7 +277,10 @@ class GenerateStage:
                     fresh.append(Conversation(id=rid, messages=[{"role": "user", "content": text}], turns=[turn], **ctx))
             self._respond(fresh, 1, stats)
             for conv in fresh:
-                if conv.messages[-1]["content"]:
+                if conv.turns[-1].get("reasoning_closed") is False:
+                    seen.discard(conv.id)
+                    stats["dropped:reasoning_not_closed"] += 1
+                elif conv.messages[-1]["content"]:
                     accepted.append(conv)
                 else:
                     seen.discard(conv.id)
@@ -309,6 +327,13 @@ class GenerateStage:
             for turn in range(2, mt.num_turns + 1):
                 active = self._follow_ups(plan, [c for c in chosen if c.alive], turn, stats)
                 self._respond(active, turn, stats)
+                for conv in active:  # a follow-up without an answer is taken back: the record ends a turn earlier
+                    reason = ("reasoning_not_closed" if conv.turns[-1].get("reasoning_closed") is False
+                              else None if conv.messages[-1]["content"] else "empty_response")
+                    if reason:
+                        del conv.messages[-2:], conv.turns[-1]
+                        conv.alive = False
+                        stats[f"followup_dropped:{reason}"] += 1
         records = [self._record(plan, conv) for conv in convs]
         stats["records"] = len(records)
         for record in records:
@@ -328,8 +353,15 @@ class GenerateStage:
                 "engine_version": ins_info.version,
                 "response_engine": res_info.kind,
                 "response_engine_version": res_info.version,
+                # what engine.dtype=auto became on this machine: bf16 and fp32 draws differ
+                "engine_dtype": ins_info.extra.get("dtype"),
+                "response_engine_dtype": res_info.extra.get("dtype"),
                 "magpie_exp_version": __version__,
-                "bos_prepended": self.ins.bos_id is not None,
+                "bos_prepended": self.ins.bos_id is not None,  # rendered by the template (generators.py)
+                "template_date": self.cfg.generator.template_date,
+                "reasoning_format": self.res.reasoning_format,
+                "instruction_stops": self.ins.instruction_stops.as_dict(),
+                "response_stops": self.res.response_stops.as_dict(),
                 "response_sampling": self._response_spec(0).as_dict() | {"seed": "per turn"},
                 "seed": self.cfg.seed,
             }
@@ -343,6 +375,7 @@ class GenerateStage:
             "pre_query_source": "derived" if conv.system_prompt else self.ins.templates.pre_query_source,
             "control_task": conv.control_task,
             "system_prompt": conv.system_prompt,
+            "prefill": conv.prefill,
             "followup_system_prompt": self.mt_system if len(conv.turns) > 1 else None,
             "instruction_sampling": conv.instruction_sampling,
             "grid_cell": plan.cell_index,

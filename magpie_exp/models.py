@@ -127,12 +127,15 @@ def embedded_model_dir(name: str, cache_dir: Path, dtype: str = "bfloat16") -> P
     return convert_gguf(gguf, out_dir, dtype)
 
 
-def resolve_model(spec: str, cache_dir: Path, key: str = "generator.model") -> str:
-    """Turn a ``generator.model`` value into something vLLM and transformers can load."""
+def resolve_model(spec: str, cache_dir: Path, key: str = "generator.model", tokenizer_only: bool = False) -> str:
+    """Turn a ``generator.model`` value into something vLLM and transformers can load (``tokenizer_only``: a
+    folder holding just a tokenizer will do, for ``stage=inspect``)."""
     if spec.startswith(PREFIX):
         return str(embedded_model_dir(spec[len(PREFIX) :], cache_dir))
     path = Path(spec).expanduser()
     if path.exists():
+        if tokenizer_only and (path / "tokenizer_config.json").exists():
+            return str(path.resolve())
         if not (path / "config.json").exists():
             raise ConfigError(f"{key}: '{spec}' has no config.json; point it at a Hugging Face model folder")
         return str(path.resolve())

@@ -104,14 +104,16 @@ class PairStage:
     def spec(self, seed: int) -> SamplingSpec:
         r = self.side.cfg.response
         return SamplingSpec(n=self.p.num_responses, temperature=self.p.temperature, top_p=self.p.top_p,
-                            max_tokens=self.p.max_tokens or r.max_tokens, stop_token_ids=self.side.stop_token_ids,
-                            seed=seed, repetition_penalty=r.repetition_penalty)
+                            max_tokens=self.p.max_tokens or r.max_tokens, stop=self.side.response_stops.strings,
+                            stop_token_ids=self.side.response_stops.token_ids, seed=seed,
+                            repetition_penalty=r.repetition_penalty,
+                            skip_special_tokens=self.side.reasoning_format == "none")
 
     def make_shard(self, records: list[Record], stats: Counter) -> list[dict[str, Any]]:
         prompts = [[{"role": "user", "content": first_exchange(r)[0]}] for r in records]
         seeds = [_stable_seed(self.cfg.seed, r["id"], "pair") for r in records]
-        requests = [Request(self.side.encode(response_prompt(self.side.render, p)), self.spec(s))
-                    for p, s in zip(prompts, seeds, strict=True)]
+        texts_in = [response_prompt(self.side.render, p) for p in prompts]
+        requests = [Request(self.side.encode(t), self.spec(s)) for t, s in zip(texts_in, seeds, strict=True)]
         start = time.perf_counter()
         if self.chat.engine is None:
             from magpie_exp.engines import build_engine
@@ -121,7 +123,15 @@ class PairStage:
         self.seconds["generate"] += time.perf_counter() - start
         if self.scorer is None:
             self.scorer = self.models.scorer()
-        flat = [(i, j, c.text.strip()) for i, out in enumerate(outputs) for j, c in enumerate(out)]
+        # the answer alone is scored and paired; a response cut inside its reasoning trace has none
+        answers: list[list[str]] = []
+        for out, prompt in zip(outputs, texts_in, strict=True):
+            answers.append([])
+            for completion in out:
+                message, closed = self.side.assistant_message(completion, prompt)
+                stats["reasoning_not_closed"] += not closed
+                answers[-1].append(message["content"] if closed else "")
+        flat = [(i, j, text) for i, out in enumerate(answers) for j, text in enumerate(out)]
         start = time.perf_counter()
         scored = self.scorer.score([(prompts[i][0]["content"], text) for i, _, text in flat])
         self.seconds["score"] += time.perf_counter() - start
@@ -133,8 +143,8 @@ class PairStage:
             if error:
                 stats[f"score_failed:{error.split(':')[0]}"] += 1
         rows = []
-        for record, prompt, out, row_scores, seed in zip(records, prompts, outputs, scores, seeds, strict=True):
-            texts = [c.text.strip() for c in out]
+        for record, prompt, out, texts, row_scores, seed in zip(records, prompts, outputs, answers, scores, seeds,
+                                                                 strict=True):
             choice = choose_pair(row_scores, [len(t) for t in texts], self.p.min_margin, self.p.length_control,
                                  self.p.length_ratio)
             if choice.reason:

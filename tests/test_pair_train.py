@@ -9,12 +9,14 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from conftest import CACHE, REPO, schema
 from magpie_exp.config import ConfigError
+from magpie_exp.engines.hardware import CPU_BF16_ENV, cpu_has_bf16
 from magpie_exp.pair import choose_pair
 
 SMOL = "embedded:smollm2-135m-instruct"
@@ -65,13 +67,83 @@ def test_accelerate_launch_configs_parse() -> None:
         assert cfg["distributed_type"] == kind and cfg["num_processes"] >= 2
 
 
-def test_bf16_on_hardware_without_it_is_refused() -> None:
-    from magpie_exp.train import has_native_bf16
-
-    if has_native_bf16():
-        pytest.skip("this machine has native bf16")
+def test_bf16_on_hardware_without_it_is_refused(monkeypatch) -> None:
+    monkeypatch.setenv(CPU_BF16_ENV, "0")  # a CPU without native bf16, whatever this one has
     with pytest.raises(ConfigError, match="sft.precision=bf16 but this machine has no native bf16.*use sft.precision=auto"):
         schema("stage=train", "sft.precision=bf16")
+    assert schema("stage=train").sft.precision == "auto"  # auto: fp32 there
+
+
+@pytest.mark.parametrize("native", ["0", "1"])
+def test_trained_weights_are_fp32_under_every_precision(monkeypatch, native: str) -> None:
+    """bf16/fp16 is the compute dtype; what the optimizer updates is loaded in fp32, except a frozen LoRA base."""
+    import torch
+
+    from magpie_exp.train import load_dtype, save_dtype
+
+    monkeypatch.setenv(CPU_BF16_ENV, native)
+    for prec in ("auto", "fp32") + (("bf16",) if native == "1" else ()):
+        spec = schema(f"sft.precision={prec}").sft
+        assert load_dtype(spec, "sft") == torch.float32, prec
+        lora = schema(f"sft.precision={prec}", "sft.lora.enabled=true").sft
+        compute = torch.bfloat16 if prec == "bf16" or (prec == "auto" and native == "1") else torch.float32
+        assert load_dtype(lora, "sft") == compute  # frozen base in the compute dtype; PEFT keeps adapters fp32
+        assert load_dtype(lora, "sft", zero3=True) == torch.float32  # TRL keeps adapters in the base dtype there
+    assert save_dtype(schema().sft) == torch.float32 and save_dtype(schema("dpo.save_dtype=bf16").dpo) == torch.bfloat16
+    with pytest.raises(ConfigError, match="dpo.save_dtype must be fp32, bf16 or fp16; got 'int8'"):
+        schema("dpo.save_dtype=int8")
+
+
+def test_paper_recipes_keep_fp32_master_weights(monkeypatch) -> None:
+    """The GPU recipes: bf16 compute on fp32 masters (our loader, accelerate's FSDP2 upcast, DeepSpeed's fp32
+    partitions), saved in bf16 as the paper's models were, with the rounding report in stats.json."""
+    import torch
+    import yaml
+
+    from magpie_exp.train import load_dtype
+
+    monkeypatch.setenv(CPU_BF16_ENV, "1")  # precision=bf16 is checked against the hardware; here: a bf16 machine
+    paper = schema("sft=llama3-8b-paper", "dpo=llama3-8b-paper")
+    for key in ("sft", "dpo"):
+        spec = getattr(paper, key)
+        assert (spec.precision, spec.save_dtype, spec.lora.enabled) == ("bf16", "bf16", False)
+        assert load_dtype(spec, key) == load_dtype(spec, key, zero3=True) == torch.float32
+    fsdp = yaml.safe_load((REPO / "recipes" / "accelerate" / "fsdp.yaml").read_text())
+    # FSDP2 with mixed_precision bf16: accelerate keeps (upcasts) trainable parameters in fp32 and casts to bf16
+    # for compute (MixedPrecisionPolicy.param_dtype); no policy in the file overrides that
+    assert fsdp["mixed_precision"] == "bf16" and fsdp["fsdp_config"]["fsdp_version"] == 2
+    assert not any("mixed_precision" in k for k in fsdp["fsdp_config"])
+    zero3 = yaml.safe_load((REPO / "recipes" / "accelerate" / "zero3.yaml").read_text())
+    # DeepSpeed bf16 with ZeRO-3: fp32 master partitions in the optimizer; the consolidated save is 16-bit
+    assert zero3["mixed_precision"] == "bf16" and zero3["deepspeed_config"]["zero_stage"] == 3
+    assert zero3["deepspeed_config"]["zero3_save_16bit_model"] is True
+
+
+def test_saving_in_bf16_reports_what_rounding_kept(tmp_path: Path) -> None:
+    """A change below half a bf16 step is rounded away when the model is saved in bf16: the report says which."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from magpie_exp.weights import cast_and_compare
+
+    init, trained = tmp_path / "init", tmp_path / "trained"
+    init.mkdir(), trained.mkdir()
+    start = {"norm": torch.ones(8), "proj": torch.full((4, 4), 0.02), "frozen": torch.full((3,), 0.5),
+             "steps": torch.arange(3)}
+    save_file({k: v.to(torch.bfloat16) if k == "frozen" else v for k, v in start.items()}, str(init / "model.safetensors"))
+    (trained / "config.json").write_text('{"dtype": "float32"}')
+    after = dict(start, norm=start["norm"] + 5e-7, proj=start["proj"] + 1e-3)  # 5e-7 << bf16 step at 1 (7.8e-3)
+    save_file(after, str(trained / "model.safetensors"))
+    report = cast_and_compare(trained, init, torch.bfloat16)
+    saved = load_file(str(trained / "model.safetensors"))
+    assert saved["norm"].dtype == saved["proj"].dtype == torch.bfloat16 and saved["steps"].dtype == torch.int64
+    assert (report["compared"], report["changed_by_training"], report["changed_in_saved"]) == (3, 2, 1)
+    assert report["examples_rounded_away"] == ["norm"] and report["tensors_whose_change_was_rounded_away"] == 1
+    assert (report["elements_changed_by_training"], report["elements_changed_in_saved"]) == (24, 16)
+    assert report["share_of_changes_kept"] == pytest.approx(16 / 24, abs=1e-6)
+    assert json.loads((trained / "config.json").read_text())["dtype"] == "bfloat16"
+    again = cast_and_compare(trained, init, torch.float32)  # back to fp32: lossless, and the loss is visible
+    assert again["changed_by_training"] == again["changed_in_saved"] == 1
 
 
 # -- real runs -----------------------------------------------------------------------------------------------
@@ -107,30 +179,47 @@ def weights(folder: Path) -> dict:
     return load_file(str(folder / "model.safetensors"))
 
 
-@pytest.fixture(scope="module")
-def sft_run(tmp_path_factory):
+@pytest.fixture(scope="module", params=["fp32", "bf16"])
+def sft_run(request, tmp_path_factory):
+    """Two SFT steps of Gemma-3-270M under each precision. bf16 runs on every machine: where the CPU has no native
+    bf16 it is made to count as having it (emulated: slower, numerically the same), so the GPU path's numerics are
+    checked on every CI machine."""
     from magpie_exp.models import embedded_model_dir
     from magpie_exp.train import run_train
 
-    tmp = tmp_path_factory.mktemp("sft")
-    cfg = schema(f"input={write_conversations(tmp / 'sft.jsonl')}", f"paths.outputs={tmp}", "stage=train", *TINY,
-                 "sft.save_steps=2")
-    yield cfg, run_train(cfg), embedded_model_dir("gemma3-270m", CACHE)
+    tmp = tmp_path_factory.mktemp(f"sft-{request.param}")
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param == "bf16" and not cpu_has_bf16():
+            patch.setenv(CPU_BF16_ENV, "1")
+        cfg = schema(f"input={write_conversations(tmp / 'sft.jsonl')}", f"paths.outputs={tmp}", "stage=train", *TINY,
+                     "sft.save_steps=2", f"sft.precision={request.param}")
+        result = run_train(cfg)
+    yield request.param, result, embedded_model_dir("gemma3-270m", CACHE)
     shutil.rmtree(tmp, ignore_errors=True)  # 1 GB of fp32 weights: not kept to the end of the session
+
+
+def _unchanged(before: dict, after: dict) -> list[str]:
+    return [k for k in after if k in before and (after[k].float() - before[k].float()).abs().max() == 0]
 
 
 @pytest.mark.slow
 def test_sft_changes_every_parameter_and_keeps_a_chat_template(sft_run) -> None:
+    import torch
     from transformers import AutoTokenizer, GenerationConfig
 
-    _, result, base = sft_run
+    prec, result, base = sft_run
     model = Path(result.exports["model"])
     before, after = weights(base), weights(model)
     trained = [k for k in after if k in before]
     assert len(trained) >= len(after) - 1 and trained
-    unchanged = [k for k in trained if (after[k].float() - before[k].float()).abs().max() == 0]
-    assert unchanged == [], unchanged[:5]
+    assert _unchanged(before, after) == []
     stats = result.stats
+    # master weights and Adam's moments are fp32 whatever the compute dtype; bf16 is autocast
+    assert stats["precision"] == {"autocast": None if prec == "fp32" else "bf16", "trainable_dtypes": ["float32"],
+                                  "frozen_dtypes": [], "optimizer_state_dtypes": ["float32"]}
+    assert stats["weights"]["saved_dtype"] == "float32" and stats["weights"]["tensors_whose_change_was_rounded_away"] == 0
+    assert stats["weights"]["changed_in_saved"] == stats["weights"]["compared"] == len(trained)
+    assert {v.dtype for v in after.values()} == {torch.float32}  # sft.save_dtype=fp32: every update kept
     assert stats["steps"] == 2 and len(stats["loss"]) == 2 and all(e["loss"] > 0 for e in stats["loss"])
     tok = AutoTokenizer.from_pretrained(model)
     text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
@@ -155,6 +244,10 @@ def test_lora_sft_trains_the_adapter_and_resumes_from_its_last_checkpoint(tmp_pa
     assert (adapter / "adapter_config.json").exists()
     lora_b = [v for k, v in load_file(str(adapter / "adapter_model.safetensors")).items() if "lora_B" in k]
     assert lora_b and all(v.abs().max() > 0 for v in lora_b)  # B starts at zero: non-zero means it trained
+    # the adapters train in fp32; the frozen base is held in the compute dtype
+    facts = first.stats["precision"]
+    assert facts["trainable_dtypes"] == facts["optimizer_state_dtypes"] == ["float32"]
+    assert facts["frozen_dtypes"] == (["bfloat16"] if facts["autocast"] == "bf16" else ["float32"])
     # model/ is a plain model folder with the adapter merged in: the adapted projections changed, nothing else did
     from magpie_exp.models import embedded_model_dir
 
@@ -180,17 +273,35 @@ def test_lora_sft_trains_the_adapter_and_resumes_from_its_last_checkpoint(tmp_pa
 
 
 @pytest.mark.slow
-def test_dpo_from_the_sft_model(sft_run, tmp_path: Path) -> None:
+def test_dpo_from_the_sft_model_at_the_paper_learning_rate(sft_run, tmp_path: Path) -> None:
+    """One DPO step at the paper's lr 5e-7 changes every weight under fp32 and under bf16 (fp32 masters: a 5e-7
+    step is above half an fp32 step for any weight below 8, and far below half a bf16 step). Saved in bf16, the
+    same model loses most of that step, and stats.json says so."""
     from magpie_exp.train import run_train
 
-    _, sft, _ = sft_run
-    cfg = schema(f"input={write_pairs(tmp_path / 'pairs.jsonl')}", f"paths.outputs={tmp_path}", "stage=train",
-                 "trainer=dpo", f"dpo.init_from={sft.exports['model']}", *TINY)
-    result = run_train(cfg)
-    before, after = weights(Path(sft.exports["model"])), weights(Path(result.exports["model"]))
-    assert [k for k in after if (after[k].float() - before[k].float()).abs().max() == 0] == []
-    losses = [entry["loss"] for entry in result.stats["loss"]]
-    assert len(losses) == 2 and abs(losses[0] - 0.6931) < 0.05  # starts at log 2: policy == reference
+    prec, sft, _ = sft_run
+    with pytest.MonkeyPatch.context() as patch:
+        if prec == "bf16" and not cpu_has_bf16():
+            patch.setenv(CPU_BF16_ENV, "1")
+        common = [f"input={write_pairs(tmp_path / 'pairs.jsonl')}", "stage=train", "trainer=dpo",
+                  f"dpo.init_from={sft.exports['model']}", *TINY, "dpo.max_steps=1", "dpo.learning_rate=5e-7",
+                  "dpo.warmup_steps=0", f"dpo.precision={prec}"]
+        result = run_train(schema(*common, f"paths.outputs={tmp_path / 'fp32'}"))
+        assert result.stats["precision"]["optimizer_state_dtypes"] == ["float32"]
+        assert result.stats["precision"]["trainable_dtypes"] == ["float32"]
+        before, after = weights(Path(sft.exports["model"])), weights(Path(result.exports["model"]))
+        assert _unchanged(before, after) == []
+        losses = [entry["loss"] for entry in result.stats["loss"]]
+        assert len(losses) == 1 and abs(losses[0] - 0.6931) < 0.05  # starts at log 2: policy == reference
+        if prec == "fp32":
+            return
+        rounded = run_train(schema(*common, "dpo.save_dtype=bf16", f"paths.outputs={tmp_path / 'bf16'}"))
+    report = rounded.stats["weights"]
+    saved = weights(Path(rounded.exports["model"]))
+    kept = len(saved) - len(_unchanged({k: v.to(saved[k].dtype) for k, v in before.items() if k in saved}, saved))
+    assert report["saved_dtype"] == "bfloat16" and report["changed_in_saved"] == kept < report["changed_by_training"]
+    assert report["tensors_whose_change_was_rounded_away"] == report["changed_by_training"] - kept > 0
+    assert report["share_of_changes_kept"] < 0.1  # a 5e-7 step survives bf16 rounding only near a rounding boundary
 
 
 @pytest.mark.slow
@@ -212,6 +323,35 @@ def test_pair_stage_with_vllm_and_a_tiny_reward_model(tmp_path: Path, vllm_engin
     exported = [json.loads(line) for line in open(result.exports["pairs"])]
     assert set(exported[0]) >= {"prompt", "chosen", "rejected", "margin"}
     assert run_pair(cfg, engines={SMOL: vllm_engine}, show_progress=False).cache_hit
+
+
+@pytest.mark.slow
+def test_pair_stage_ranks_by_the_judge_score(tmp_path: Path, vllm_engine) -> None:
+    """The embedded stand-in for a reward model: SmolLM2 judges each answer 1-10 (JSON-schema decoding). Its
+    integer scores often tie; which ones depends on the numerics, so this asserts what holds on every CPU: every
+    instruction is a pair or a counted drop, a pair's chosen score beats its rejected one, a score is 1-10 or a
+    counted failure."""
+    from magpie_exp.pair import run_pair
+
+    cfg = schema(f"input={write_conversations(tmp_path / 'in.jsonl')}", f"paths.outputs={tmp_path}", "stage=pair",
+                 "engine.enforce_eager=true", "pair.num_responses=3", "pair.max_tokens=32", "tag.reward_source=judge",
+                 "tag.judge_max_tokens=160")
+    try:
+        run_pair(cfg, engines={SMOL: vllm_engine}, show_progress=False)
+    except ConfigError as exc:  # every instruction tied or failed: the one clear line, and the counts below
+        assert str(exc).startswith("pair: no preference pair survived") and "raise pair.num_responses" in str(exc)
+    manifest = json.loads(next((tmp_path / "stages" / "pair").glob("*/manifest.json")).read_text())
+    totals = Counter()
+    for info in manifest["shards"].values():
+        totals.update(info["stats"])
+    dropped = {k: v for k, v in totals.items() if k.startswith("dropped:")}
+    assert totals["responses"] == 18 and totals["pairs"] + sum(dropped.values()) == 6
+    assert set(dropped) <= {"dropped:tie", "dropped:fewer than 2 scored responses"}, dropped
+    rows = [json.loads(line) for shard in sorted((tmp_path / "stages" / "pair").rglob("shards/*.jsonl")) for line in shard.open()]
+    assert len(rows) == totals["pairs"]
+    for row in rows:
+        assert all(s is None or (float(s).is_integer() and 1 <= s <= 10) for s in row["scores"]), row["scores"]
+        assert row["chosen_score"] > row["rejected_score"] and row["reward"].endswith("(judge score)")
 
 
 @pytest.mark.slow

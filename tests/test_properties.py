@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import SHARED
+from conftest import REPO
 from magpie_exp.config import ConfigError
 from magpie_exp.shards import ShardStore
 from magpie_exp.stages import _jsonl_input
@@ -84,7 +84,7 @@ def test_shards_round_trip_any_text_lone_surrogates_included(tmp_path: Path, tex
 
 
 # -- the template cutter -------------------------------------------------------------------------------------
-TEMPLATES = SHARED / "data" / "chat_templates"
+TEMPLATES = REPO / "tests" / "fixtures" / "chat_templates"  # the project's copies: no skip on a fresh clone
 FAMILIES = {"llama3.1": "meta-llama-Llama-3.1-8B-Instruct.jinja", "qwen2.5": "Qwen-Qwen2.5-7B-Instruct.jinja",
             "gemma2": "google-gemma-2-2b-it.jinja", "phi3.5": "microsoft-Phi-3.5-mini-instruct.jinja",
             "mistral-nemo": "mistralai-Mistral-Nemo-Instruct-2407.jinja"}
@@ -98,7 +98,6 @@ def _render(name: str):
                         {k: v for k, v in special.items() if k in ("bos_token", "eos_token")})
 
 
-@pytest.mark.skipif(not TEMPLATES.exists(), reason="needs ../shared/data/chat_templates")
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_the_cut_does_not_depend_on_the_message(family: str) -> None:
     render = _render(family)
@@ -113,7 +112,6 @@ def test_the_cut_does_not_depend_on_the_message(family: str) -> None:
     check()
 
 
-@pytest.mark.skipif(not TEMPLATES.exists(), reason="needs ../shared/data/chat_templates")
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_next_user_prefix_is_a_prefix_of_every_continuation_or_a_template_error(family: str) -> None:
     render = _render(family)

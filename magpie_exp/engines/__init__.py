@@ -37,6 +37,7 @@ class SamplingSpec:
     ban_first_token_ids: tuple[int, ...] = ()
     json_schema: str | None = None  # constrain the output to this JSON schema (JSON text): vllm, openai
     regex: str | None = None  # or to this regular expression: vllm, openai
+    skip_special_tokens: bool = True  # False: keep special tokens in the text (reasoning markers to split on)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

@@ -2,7 +2,11 @@
 
 On a CPU without native bf16 (AVX2-only, e.g. AMD Zen 3) bf16 matmuls are emulated and vLLM runs about 4x
 slower than in float32 (measured here: 22 vs 89 tokens/s on SmolLM2-135M); with avx512_bf16 or AMX, bf16 is
-the faster one (DESIGN.md). ``engine.dtype=auto`` picks accordingly.
+the faster one (DESIGN.md). ``engine.dtype=auto`` and ``sft|dpo.precision=auto`` pick accordingly.
+
+``MAGPIE_EXP_CPU_BF16=1`` (or ``0``) makes the CPU count as having (or lacking) native bf16 whatever its flags
+say: the tests use it to run the other precision path on either kind of CPU (bf16 is then emulated, slow but
+correct, or fp32 is used where bf16 would be native).
 """
 
 from __future__ import annotations
@@ -24,7 +28,18 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+CPU_BF16_ENV = "MAGPIE_EXP_CPU_BF16"
+
+
 def cpu_has_bf16() -> bool:
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    return cpu_has_native_bf16()
+
+
+def cpu_has_native_bf16() -> bool:
+    """What the CPU flags say (avx512_bf16 or AMX), whatever ``MAGPIE_EXP_CPU_BF16`` says."""
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 

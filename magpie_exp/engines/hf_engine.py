@@ -106,7 +106,7 @@ class HFEngine(Engine):
                 if token in stop_ids:
                     finish, kept = "stop", row[:k]
                     break
-            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            text = self.tokenizer.decode(kept, skip_special_tokens=spec.skip_special_tokens)
             for stop in spec.stop:
                 if stop in text:
                     text, finish = text[: text.index(stop)], "stop"

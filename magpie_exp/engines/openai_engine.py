@@ -99,7 +99,7 @@ class OpenAIEngine(Engine):
             "stop_token_ids": list(spec.stop_token_ids),
             "seed": spec.seed,
             "repetition_penalty": spec.repetition_penalty,
-            "skip_special_tokens": True,
+            "skip_special_tokens": spec.skip_special_tokens,
             "return_token_ids": True,
         }
         if spec.ban_first_token_ids:

@@ -86,7 +86,7 @@ class VLLMEngine(Engine):
             stop_token_ids=list(spec.stop_token_ids) or None,
             seed=spec.seed,
             repetition_penalty=spec.repetition_penalty,
-            skip_special_tokens=True,
+            skip_special_tokens=spec.skip_special_tokens,
             extra_args={"ban_first_token_ids": list(spec.ban_first_token_ids)} if spec.ban_first_token_ids else None,
             structured_outputs=structured,
         )
