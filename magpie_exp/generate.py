@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from magpie_exp import __version__, reasoning
-from magpie_exp.config import GridCell, MagpieConfig, as_plain
+from magpie_exp.config import ConfigError, GridCell, MagpieConfig, as_plain
 from magpie_exp.engines import Completion, Engine, Request, SamplingSpec, build_engine
 from magpie_exp.generators import Side, load_side
 from magpie_exp.records import EXPORT_FILES, Record, export_records, record_id
@@ -132,6 +132,14 @@ class GenerateStage:
             else:
                 log.warning("%s's chat template takes no system turn; follow-up questions are asked without "
                             "generate.multi_turn.system_prompt", self.cfg.generator.name)
+
+    def rendered_templates(self) -> dict[str, dict[str, Any]]:
+        """What the templates rendered to for this run (kept in the manifest: a resume must render the same)."""
+        sides = {"generator": self.ins, "response_generator": self.res}
+        return {key: {"pre_query": s.templates.pre_query, "post_query": s.templates.post_query,
+                      "end_of_turn": s.templates.end_of_turn, "multi_turn_append": s.templates.mt_append,
+                      "instruction_stops": s.instruction_stops.as_dict(), "response_stops": s.response_stops.as_dict()}
+                for key, s in sides.items()}
 
     def _engine(self, side: Side) -> Engine:
         if side.engine is None:
@@ -455,6 +463,12 @@ def run_generate(
     try:
         stage.prepare()  # bad models and templates fail here, before anything is written
         store = store or ShardStore(stage_dir, "generate", config_hash(payload), payload)
+        rendered = stage.rendered_templates()
+        if store.pin("rendered_templates", rendered) != rendered:  # a resume never mixes two prompts
+            first = next(k for k in rendered if store.manifest["rendered_templates"].get(k) != rendered[k])
+            raise ConfigError(f"generate: {stage_dir} was begun with another rendering of {first}'s chat template (its "
+                              "tokenizer or template changed since); finish it with the model files it began with, "
+                              "or start a new run (another paths.outputs)")
         todo = [p for p in plans if p.name not in store.done()]
         log.info("generate stage %s: %d records in %d shards, %d shard(s) to do", stage_dir, total, len(plans), len(todo))
         if todo:

@@ -94,8 +94,9 @@ def _parse_pair(text: str, prompt_tail: str, open_: str, close: str) -> Parsed:
     return Parsed((head + answer).strip(), trace.strip())
 
 
-_HARMONY_MESSAGE = re.compile(r"<\|channel\|>\s*(\w+)[^<]*<\|message\|>(.*?)(?=<\|end\|>|<\|start\|>|<\|return\|>|<\|call\|>|$)",
-                              re.S)
+# one harmony message: its channel name, any header (a recipient, <|constrain|>json), then its body
+_HARMONY_MESSAGE = re.compile(r"<\|channel\|>\s*(\w+)(?:(?!<\|message\|>).)*<\|message\|>"
+                              r"(.*?)(?=<\|end\|>|<\|start\|>|<\|return\|>|<\|call\|>|$)", re.S)
 
 
 def _parse_harmony(text: str) -> Parsed:

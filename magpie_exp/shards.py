@@ -92,6 +92,14 @@ class ShardStore:
         self._save(manifest)
         return manifest
 
+    def pin(self, key: str, value: Any) -> Any:
+        """Record ``value`` under ``key`` in the manifest the first time; return what is recorded (a resumed run
+        compares it with what it would record now)."""
+        if key not in self.manifest:
+            self.manifest[key] = value
+            self._save(self.manifest)
+        return self.manifest[key]
+
     def _save(self, manifest: dict[str, Any]) -> None:
         _atomic_write_bytes(self.root / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode())
 

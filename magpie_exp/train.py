@@ -317,15 +317,21 @@ def precision_facts(trainer: Any) -> dict[str, Any]:
     def names(dtypes: set[Any]) -> list[str]:
         return sorted(str(d).removeprefix("torch.") for d in dtypes)
 
-    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
-    state: set[Any] = set()
-    for values in (optimizer.state.values() if optimizer is not None else []):
-        state |= {v.dtype for k, v in values.items() if k != "step" and isinstance(v, torch.Tensor)}
     args = trainer.args
-    return {"autocast": "bf16" if args.bf16 else "fp16" if args.fp16 else None,
-            "trainable_dtypes": names({p.dtype for p in trainer.model.parameters() if p.requires_grad}),
-            "frozen_dtypes": names({p.dtype for p in trainer.model.parameters() if not p.requires_grad}),
-            "optimizer_state_dtypes": names(state)}
+    facts: dict[str, Any] = {"autocast": "bf16" if args.bf16 else "fp16" if args.fp16 else None}
+    try:  # after hours of training, a fact that cannot be read is recorded as such, never a crash
+        facts["trainable_dtypes"] = names({p.dtype for p in trainer.model.parameters() if p.requires_grad})
+        facts["frozen_dtypes"] = names({p.dtype for p in trainer.model.parameters() if not p.requires_grad})
+        optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+        state: set[Any] = set()
+        for values in (optimizer.state.values() if optimizer is not None else []):
+            state |= {v.dtype for k, v in values.items() if k != "step" and isinstance(v, torch.Tensor)}
+        facts["optimizer_state_dtypes"] = names(state)
+    except Exception as exc:  # noqa: BLE001 - e.g. an optimizer wrapper without a readable state
+        facts["unreadable"] = f"{type(exc).__name__}: {exc}"[:200]
+    if getattr(trainer, "is_deepspeed_enabled", False):  # the model copy is 16-bit; the masters live in ZeRO
+        facts["master_weights"] = "fp32 partitions in DeepSpeed's optimizer"
+    return facts
 
 
 def _parameter_count(model_path: str) -> int:

@@ -19,7 +19,8 @@ from conftest import CACHE, schema
 from families import FAMILIES, FIXTURES, build
 from magpie_exp import reasoning
 from magpie_exp.config import ConfigError
-from magpie_exp.engines import Completion
+from magpie_exp.engines import Completion, Engine
+from magpie_exp.generate import run_generate
 from magpie_exp.generators import Side, load_side
 from magpie_exp.templates import response_prompt
 
@@ -280,3 +281,39 @@ def test_inspect_text_report_with_a_template_file(folders, tmp_path: Path) -> No
     out = proc.stdout
     assert "post-query:" in out and "<｜Assistant｜><think>" in out and "reasoning: format think, switch on" in out
     assert "instruction stops: ids [" in out and "'<｜Assistant｜>'" in out and "BOS: '<｜begin▁of▁sentence｜>'" in out
+
+
+def test_harmony_parse_keeps_only_the_final_channel_as_the_answer() -> None:
+    tool_call = ("<|channel|>analysis<|message|>call it<|end|><|start|>assistant<|channel|>commentary "
+                 "to=functions.f <|constrain|>json<|message|>{}")
+    parsed = reasoning.parse("harmony", tool_call)
+    assert not parsed.closed and parsed.content == ""  # no final message: not an answer
+    parsed = reasoning.parse("harmony", "<|channel|>analysis<|message|>a<|end|><|start|>assistant<|channel|>final<|message|>B")
+    assert (parsed.content, parsed.reasoning, parsed.closed) == ("B", "a", True)
+    assert reasoning.parse("harmony", "no channels at all") == reasoning.Parsed("no channels at all", None)
+
+
+class _StopAfterPrepare(Engine):
+    """Stands in for the engine of a run killed before its first shard (the manifest is written by then)."""
+
+    def generate(self, requests):  # noqa: ANN001, ANN201
+        raise KeyboardInterrupt
+
+
+def test_a_resume_never_mixes_two_renderings_of_the_template(folders, tmp_path: Path) -> None:
+    """The rendered pre-query is kept in the manifest; a resume whose template renders differently (the model's
+    template changed since) is refused with one line instead of adding shards made from another prompt."""
+    folder = tmp_path / "qwen3"
+    shutil.copytree(folders["qwen3"], folder)
+    cfg = schema(f"generator.model={folder}", "generator.name=qwen3", f"paths.outputs={tmp_path / 'out'}",
+                 "generate.count=2", "generate.shard_size=2")
+    with pytest.raises(KeyboardInterrupt):
+        run_generate(cfg, engines={"generator": _StopAfterPrepare()}, show_progress=False)
+    manifest = json.loads(next((tmp_path / "out").glob("stages/generate/*/manifest.json")).read_text())
+    assert manifest["rendered_templates"]["generator"]["pre_query"] == "<|im_start|>user\n"
+    with pytest.raises(KeyboardInterrupt):  # the same rendering: resumes
+        run_generate(cfg, engines={"generator": _StopAfterPrepare()}, show_progress=False)
+    template = folder / "chat_template.jinja"  # where transformers keeps a saved tokenizer's template
+    template.write_text("{{ 'SYSTEM: be brief\\n' }}" + template.read_text())
+    with pytest.raises(ConfigError, match="was begun with another rendering of generator's chat template"):
+        run_generate(cfg, engines={"generator": _StopAfterPrepare()}, show_progress=False)
