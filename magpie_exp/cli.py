@@ -191,5 +191,51 @@ def main(raw: DictConfig) -> float | None:
     return value  # Hydra sweepers (Optuna) minimise or maximise this
 
 
+def _check_writable_leaving_nothing(folder: Path, key: str, refuse: Any) -> None:
+    """``check_writable`` (which makes the folder and writes a probe), then remove the folders it made: a command
+    refused later, or a typo, leaves no empty folders behind."""
+    import shutil
+
+    first_new = next((p for p in [*reversed(folder.absolute().parents), folder.absolute()] if not p.exists()), None)
+    try:
+        check_writable(folder, key)
+    except ConfigError as exc:
+        refuse(str(exc))
+    finally:
+        if first_new is not None and first_new.is_dir():
+            shutil.rmtree(first_new, ignore_errors=True)
+
+
+def entry() -> None:
+    """The ``magpie-exp`` command: refuses a secret on the command line before Hydra writes the overrides to the
+    run folder (and W&B would see them), then runs the Hydra app."""
+    from magpie_exp.config import secret_in_override
+
+    def refuse(message: str, code: int = 2) -> None:
+        logging.basicConfig(format="%(message)s")
+        log.error("%s", message)
+        sys.exit(code)
+
+    for arg in sys.argv[1:]:
+        key = secret_in_override(arg)
+        if key is not None:
+            refuse(f"{key}: a secret on the command line would be written to the run folder and W&B; put it in an "
+                   "environment variable and name that variable instead (e.g. engine.api_key_env=OPENAI_API_KEY)")
+    # Hydra makes the run folder under paths.outputs before the job starts: check the folder first
+    for arg in sys.argv[1:]:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if sep and key == "paths.outputs":
+            if not value.strip():
+                refuse("paths.outputs is empty (Hydra would write to /runs/...); give a folder, e.g. paths.outputs=outputs")
+            _check_writable_leaving_nothing(Path(value).expanduser(), "paths.outputs", refuse)
+    cache = os.environ.get("MAGPIE_EXP_CACHE")
+    if cache:
+        _check_writable_leaving_nothing(Path(cache).expanduser(), "MAGPIE_EXP_CACHE (paths.cache_dir)", refuse)
+    try:
+        main()
+    except KeyboardInterrupt:  # finished shards and checkpoints are kept; nothing is marked complete
+        refuse("interrupted; run the same command again to resume", 130)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

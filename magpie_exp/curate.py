@@ -35,11 +35,14 @@ STAGE_VERSION = 1
 OPS = ("==", "!=", ">", ">=", "<", "<=", "in", "not_in", "regex", "not_regex", "endswith", "not_endswith",
        "is_true", "is_false")
 TEXT_FIELDS = ("instruction", "response")
+DERIVED_FIELDS = (*TEXT_FIELDS, "raw_instruction", "id", "num_turns")  # read off the record, not its tags
 # Which tagger writes which field (to name the missing tagger when a recipe needs a field nobody wrote).
 FIELD_TAGGER = {
     "input_quality": "quality", "quality_explanation": "quality", "difficulty": "difficulty", "intent": "difficulty",
     "knowledge": "difficulty", "task_category": "task_category", "other_task_category": "task_category",
-    "judge_score": "judge_score", "safety": "safety", "safety_categories": "safety", "reward": "reward",
+    "judge_score": "judge_score", "judge_explanation": "judge_score", "safety": "safety",
+    "safety_categories": "safety", "safety_raw": "safety", "reward": "reward", "base_response": "base_reward",
+    "base_finish_reason": "base_reward",
     "base_reward": "base_reward", "reward_difference": "base_reward", "language": "language",
     "instruction_length": "length", "response_length": "length", "instruction_tokens": "length",
     "response_tokens": "length", "min_neighbor_distance": "embedding", "repeat_count": "embedding",
@@ -57,6 +60,9 @@ def rule_name(rule: Rule) -> str:
 def field_value(record: Record, name: str) -> Any:
     if name in TEXT_FIELDS:
         return first_exchange(record)[TEXT_FIELDS.index(name)]
+    if name == "raw_instruction":  # the instruction as sampled, before the sanitizer (issue #38's CoT filter)
+        turns = (record.get("gen") or {}).get("turns") or [{}]
+        return turns[0].get("raw_instruction") or first_exchange(record)[0]
     if name == "id":
         return record["id"]
     if name == "num_turns":
@@ -106,15 +112,26 @@ def _compare(op: str, value: Any, target: Any, labels: tuple[str, ...] | None) -
 
 
 def evaluate(record: Record, rules: list[Rule]) -> list[str]:
-    """Names of the rules the record fails ('<rule>: not tagged' where the field is missing or failed)."""
+    """Names of the rules the record fails. A missing or null field fails every rule that reads it, as
+    '<rule>: not tagged' (a tag that failed is never a pass, whatever the operator); a value of the wrong type, or
+    outside the field's label set, is an error naming the record, the field and the value."""
     failed = []
     for rule in rules:
         value = field_value(record, rule.field)
-        if value is _MISSING or (value is None and rule.op not in ("==", "!=", "is_true", "is_false")):
+        if value is _MISSING or value is None:
             failed.append(f"{rule_name(rule)}: not tagged")
             continue
         labels = ORDINAL.get(rule.field)
-        if not _compare(rule.op, value, rule.value, labels):
+        if labels is not None and rule.op in (">", ">=", "<", "<=") and value not in labels:
+            raise ConfigError(f"curate: record {record['id']} has {rule.field}={value!r}, not one of the labels "
+                              f"{list(labels)}; fix the input's tags (or re-tag it)")
+        try:
+            ok = _compare(rule.op, value, rule.value, labels)
+        except TypeError as exc:
+            raise ConfigError(f"curate: record {record['id']} has {rule.field}={value!r} ({type(value).__name__}), "
+                              f"which the rule '{rule_name(rule)}' cannot compare with {rule.value!r}; fix the "
+                              "input's tags or the rule") from exc
+        if not ok:
             failed.append(rule_name(rule))
     return failed
 
@@ -141,28 +158,59 @@ def _sort_key(c: Candidate, descending: bool) -> tuple:
     return (missing, value, c.id)
 
 
-def select(candidates: list[Candidate], curate: CurateConfig, k: int | None) -> tuple[set[str], Counter]:
-    """Quotas, then top-k: the ids kept and the drop counts by reason. Ties break on id (order-independent)."""
-    dropped: Counter = Counter()
+def _allocate(total: int, groups: list[Any], members: dict[str | None, list[Candidate]]) -> dict[str, int]:
+    """Slots per quota group: ``max`` groups get at most their cap; ``share`` groups split the target by the
+    largest-remainder method (so the shares add up to the target, not to its floors)."""
+    alloc: dict[str, int] = {}
+    exact: dict[str, float] = {}
+    for group in groups:
+        if group.max is not None:
+            alloc[group.name] = min(group.max, len(members.get(group.name, [])))
+        elif group.share is not None:
+            exact[group.name] = group.share * total
+            alloc[group.name] = math.floor(exact[group.name])
+        else:
+            alloc[group.name] = len(members.get(group.name, []))
+    share_total = round(sum(exact.values()))
+    spare = share_total - sum(alloc[name] for name in exact)
+    for name in sorted(exact, key=lambda n: (-(exact[n] - math.floor(exact[n])), n))[:max(spare, 0)]:
+        alloc[name] += 1
+    return alloc
+
+
+def select(candidates: list[Candidate], curate: CurateConfig, k: int | None) -> tuple[set[str], dict[str, str]]:
+    """Quotas, then top-k: the ids kept, and the reason of each candidate that was not. Ties break on id
+    (order-independent). With a target ``k``, share quotas fill to it: slots a group cannot use go to the best
+    remaining members of the other share groups (without one, shares cap each group's part of the pool); ``max``
+    caps are never exceeded."""
+    reasons: dict[str, str] = {}
     desc = curate.select.descending
     pool = sorted(candidates, key=lambda c: _sort_key(c, desc)) if curate.select.by else list(candidates)
-    if curate.quota.by:
+    q = curate.quota
+    if q.by:
         total = k if k is not None else len(pool)
         by_group: dict[str | None, list[Candidate]] = defaultdict(list)
         for c in pool:
             by_group[c.group].append(c)
-        chosen: list[Candidate] = []
-        for group in curate.quota.groups:
-            members = by_group.get(group.name, [])
-            cap = group.max if group.max is not None else (math.floor(group.share * total) if group.share is not None else len(members))
-            chosen.extend(members[:cap])
-            dropped[f"quota {curate.quota.by}={group.name}"] += max(0, len(members) - cap)
-        dropped[f"quota {curate.quota.by}: in no group"] += len(by_group.get(None, []))
+        alloc = _allocate(total, list(q.groups), by_group)
+        chosen = [c for g in q.groups for c in by_group.get(g.name, [])[:alloc[g.name]]]
+        taken = {c.id for c in chosen}
+        share_groups = {g.name for g in q.groups if g.max is None}
+        if k is not None:  # a target: slots a group cannot use go to the other share groups' best remaining
+            leftovers = [c for c in pool if c.group in share_groups and c.id not in taken]
+            chosen += leftovers[:max(0, total - len(chosen))]
+        taken = {c.id for c in chosen}
+        caps = {g.name: ("over its max" if g.max is not None else "over its share") for g in q.groups}
+        for c in pool:
+            if c.id not in taken:
+                reasons[c.id] = (f"quota {q.by}: in no group" if c.group is None
+                                 else f"quota {q.by}={c.group}: {caps[c.group]}")
         pool = sorted(chosen, key=lambda c: _sort_key(c, desc)) if curate.select.by else chosen
     if k is not None and len(pool) > k:
-        dropped[f"top {k} by {curate.select.by}"] += len(pool) - k
+        for c in pool[k:]:
+            reasons[c.id] = f"top {k} by {curate.select.by}"
         pool = pool[:k]
-    return {c.id for c in pool}, +dropped
+    return {c.id for c in pool}, reasons
 
 
 def _group_of(record: Record, curate: CurateConfig) -> str | None:
@@ -191,22 +239,59 @@ def stage_dir_for(cfg: MagpieConfig) -> Path:
     return stage_folder(cfg, "curate", stage_config(cfg, source.key))
 
 
-def check_inputs(cfg: MagpieConfig, source: StageInput) -> None:
-    """A rule on a field that the input's tag stage never wrote is a config error, not 100% drops."""
+def recipe_fields(curate: CurateConfig) -> list[tuple[str, str]]:
+    """(config key, field) of every field the recipe reads: rules, dedup, select.by, quota.by."""
+    fields = [(f"curate.rules[{i}] ({rule_name(r)})", r.field) for i, r in enumerate(curate.rules)]
+    fields += [("curate.dedup", "near_dup_keep")] if curate.dedup else []
+    fields += [("curate.select.by", curate.select.by)] if curate.select.by else []
+    fields += [("curate.quota.by", curate.quota.by)] if curate.quota.by else []
+    return fields
+
+
+def check_inputs(cfg: MagpieConfig, source: StageInput, sample: int = 1000) -> None:
+    """Every field the recipe reads exists: a misspelled field is one line naming the closest known one, never
+    100% drops or a silent ranking by id. For a tag stage folder, its taggers must write the field; for any other
+    input (a JSONL file), the first ``sample`` records must carry it."""
+    import difflib
+
+    known = sorted({*FIELD_TAGGER, *DERIVED_FIELDS})
     taggers = source.manifest.get("config", {}).get("tag", {}).get("taggers")
-    if source.manifest.get("stage") != "tag" or taggers is None:
+    from_tag_stage = source.manifest.get("stage") == "tag" and taggers is not None
+    carried: set[str] = set()
+    if not from_tag_stage:
+        for n, record in enumerate(source.records()):
+            carried |= set(record.get("tags") or {})
+            if n + 1 >= sample:
+                break
+    if from_tag_stage:
+        check_tagged_fields(cfg, list(taggers))
         return
-    check_tagged_fields(cfg, list(taggers))
+    for key, name in recipe_fields(cfg.curate):
+        if name in DERIVED_FIELDS or name in carried:
+            continue
+        if name not in FIELD_TAGGER:
+            close = difflib.get_close_matches(name, known + sorted(carried), n=1)
+            raise ConfigError(f"{key}: '{name}' is not a field the tag stage writes nor one the input's records carry"
+                              + (f"; did you mean '{close[0]}'?" if close else f"; known fields: {', '.join(known)}"))
+        raise ConfigError(f"{key} reads '{name}', which none of the first {sample} records of {source.path} carry "
+                          f"(the '{FIELD_TAGGER[name]}' tagger writes it); tag the input first (magpie-exp stage=tag "
+                          f"input={source.path} tag.taggers=[...,{FIELD_TAGGER[name]}]) or drop the rule"
+                          + (" (curate.dedup=false)" if name == "near_dup_keep" else ""))
 
 
 def check_tagged_fields(cfg: MagpieConfig, taggers: list[str]) -> None:
     """Every field the curate recipe reads is written by one of ``taggers`` (the pipeline checks before it starts)."""
-    fields = [r.field for r in cfg.curate.rules]
-    fields += (["near_dup_keep"] if cfg.curate.dedup else []) + ([cfg.curate.select.by] if cfg.curate.select.by else [])
-    fields += [cfg.curate.quota.by] if cfg.curate.quota.by else []
-    for name in fields:
+    import difflib
+
+    for key, name in recipe_fields(cfg.curate):
+        if name in DERIVED_FIELDS:
+            continue
         tagger = FIELD_TAGGER.get(name)
-        if tagger is not None and tagger not in taggers:
+        if tagger is None:
+            close = difflib.get_close_matches(name, sorted({*FIELD_TAGGER, *DERIVED_FIELDS}), n=1)
+            raise ConfigError(f"{key}: '{name}' is not a field the tag stage writes"
+                              + (f"; did you mean '{close[0]}'?" if close else ""))
+        if tagger not in taggers:
             key = "curate.dedup" if name == "near_dup_keep" else f"curate ({name})"
             raise ConfigError(f"{key} needs the field '{name}', which the tag stage's tagger '{tagger}' writes, but "
                               f"tag.taggers was {taggers}; add '{tagger}' to tag.taggers or drop the rule")
@@ -228,28 +313,41 @@ def run_curate(cfg: MagpieConfig, stage_dir: Path | None = None, show_progress: 
         stats = json.loads((stage_dir / "stats.json").read_text())
         return StageResult(stage_dir, stats, {f: str(export_dir / EXPORT_FILES[f]) for f in formats}, True)
     curate = cfg.curate
-    # Pass 1: rules and dedup per record; keep only (id, sort value, group) of the survivors.
+    # Pass 1: rules and dedup per record; keep only (id, sort value, group) of the survivors. Records are keyed
+    # by id, so two records with one id are refused: the second would share the first's fate unseen.
     first_reason: dict[str, str] = {}
     rule_failures: Counter = Counter()
     candidates: list[Candidate] = []
+    seen: dict[str, tuple[str, int]] = {}
     n_input = 0
     with tqdm(desc="curate", unit="rec", disable=not show_progress, dynamic_ncols=True) as bar:
-        for record in source.records():
-            n_input += 1
-            failed = evaluate(record, list(curate.rules))
-            if curate.dedup and record.get("tags", {}).get("near_dup_keep") is False:
-                failed.append("near-duplicate (not its cluster's keeper)")
-            rule_failures.update(failed)
-            if failed:
-                first_reason[record["id"]] = failed[0]
-            else:
-                sort = field_value(record, curate.select.by) if curate.select.by else None
-                sort = sort if isinstance(sort, (int, float)) else None
-                candidates.append(Candidate(record["id"], sort, _group_of(record, curate) if curate.quota.by else None))
-            bar.update()
+        for shard in source.shard_names:
+            for index, record in enumerate(source.read(shard)):
+                n_input += 1
+                rid = record["id"]
+                if rid in seen:
+                    raise ConfigError(f"input: record id {rid!r} appears twice ({source.where(*seen[rid])} and "
+                                      f"{source.where(shard, index)}); give every record its own id, or drop the "
+                                      "repeated rows")
+                seen[rid] = (shard, index)
+                failed = evaluate(record, list(curate.rules))
+                if curate.dedup:
+                    keep = record.get("tags", {}).get("near_dup_keep")
+                    if keep is None:  # its embedding failed, or the input was never deduplicated
+                        failed.append("near-duplicate: not tagged")
+                    elif keep is False:
+                        failed.append("near-duplicate (not its cluster's keeper)")
+                rule_failures.update(failed)
+                if failed:
+                    first_reason[rid] = failed[0]
+                else:
+                    sort = field_value(record, curate.select.by) if curate.select.by else None
+                    sort = sort if isinstance(sort, (int, float)) and not isinstance(sort, bool) else None
+                    candidates.append(Candidate(rid, sort, _group_of(record, curate) if curate.quota.by else None))
+                bar.update()
+    del seen
     k = target_count(curate.select, n_input)
-    kept, select_drops = select(candidates, curate, k)
-    passed = {c.id for c in candidates}
+    kept, select_reasons = select(candidates, curate, k)
     # Pass 2: write kept records shard by shard (resumable), and the rejected ones with their reasons.
     rejected: list[dict[str, Any]] = []
     for shard in source.shard_names:
@@ -258,14 +356,14 @@ def run_curate(cfg: MagpieConfig, stage_dir: Path | None = None, show_progress: 
             if record["id"] in kept:
                 out.append(record)
             elif curate.write_rejected:
-                reason = first_reason.get(record["id"]) or ("selection" if record["id"] in passed else "?")
+                reason = first_reason.get(record["id"]) or select_reasons[record["id"]]
                 rejected.append({"id": record["id"], "reason": reason, "instruction": first_exchange(record)[0][:500],
                                  "tags": record.get("tags", {})})
         if shard not in store.done():
             store.write_shard(shard, out)
     if curate.write_rejected:
         write_jsonl(stage_dir / "rejected.jsonl", rejected)
-    dropped = Counter(first_reason.values()) + select_drops
+    dropped = Counter(first_reason.values()) + Counter(select_reasons.values())
     stats = {
         "recipe": curate.name, "input_records": n_input, "passed_rules": len(candidates), "target_count": k,
         "kept": len(kept), "kept_fraction": round(len(kept) / n_input, 4) if n_input else 0.0,

@@ -55,20 +55,24 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 class ShardStore:
     """One stage's output folder: finished shards, their manifest, and the stage's completion flag."""
 
-    def __init__(self, root: Path, stage: str, config_hash: str, config: dict[str, Any] | None = None) -> None:
+    def __init__(self, root: Path, stage: str, config_hash: str, config: dict[str, Any] | None = None,
+                 read_only: bool = False) -> None:
         self.root = Path(root)
         self.stage = stage
         self.config_hash = config_hash
         self.shard_dir = self.root / "shards"
-        self.shard_dir.mkdir(parents=True, exist_ok=True)
-        self._clean_temporaries()
+        self.read_only = read_only
+        if not read_only:  # the writer of this folder: it alone makes, cleans and changes it
+            self.shard_dir.mkdir(parents=True, exist_ok=True)
+            self._clean_temporaries()
         self.manifest = self._load_manifest(config)
 
     @classmethod
     def open(cls, root: Path) -> ShardStore:
-        """An existing stage folder, whatever its config hash (to read another stage's output)."""
-        manifest = json.loads((Path(root) / MANIFEST).read_text())
-        return cls(Path(root), manifest.get("stage", "?"), manifest["config_hash"])
+        """An existing stage folder, whatever its config hash, to read another stage's output: read-only (its
+        temporary files, which may be another job's shard in flight, and its manifest are left as they are)."""
+        manifest = json.loads((Path(root) / MANIFEST).read_text())  # a damaged one: the caller says so
+        return cls(Path(root), manifest.get("stage", "?"), manifest["config_hash"], read_only=True)
 
     # -- manifest ---------------------------------------------------------------------------------------------
     def _load_manifest(self, config: dict[str, Any] | None) -> dict[str, Any]:
@@ -101,6 +105,8 @@ class ShardStore:
         return self.manifest[key]
 
     def _save(self, manifest: dict[str, Any]) -> None:
+        if self.read_only:
+            raise RuntimeError(f"{self.root} was opened read-only (as another stage's input)")
         _atomic_write_bytes(self.root / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode())
 
     def _clean_temporaries(self) -> None:
@@ -122,6 +128,8 @@ class ShardStore:
             path = self.shard_path(name)
             if not path.exists() or path.stat().st_size != info["bytes"] or _sha256(path) != info["sha256"]:
                 bad.append(name)
+        if bad and self.read_only:  # a reader reports; the folder's writer redoes them
+            return bad
         if bad:
             log.warning("%d shard(s) failed their manifest checksum and will be redone: %s", len(bad), bad)
             for name in bad:

@@ -85,10 +85,17 @@ class StageInput:
     shard_names: list[str]
     read: Callable[[str], Iterator[Record]]
     manifest: dict[str, Any]
+    line_of: Callable[[str, int], int] | None = None  # (shard, record index) -> line of a JSONL input file
 
     def records(self) -> Iterator[Record]:
         for name in self.shard_names:
             yield from self.read(name)
+
+    def where(self, shard: str, index: int) -> str:
+        """Where the ``index``-th record (0-based) of ``shard`` is, for an error message."""
+        if self.line_of is not None:
+            return f"{self.path} line {self.line_of(shard, index)}"
+        return f"{self.path} shard {shard} record {index + 1}"
 
 
 def normalize_row(row: dict[str, Any], line: int, source: str) -> Record:
@@ -141,34 +148,60 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _parse_line(line: str, number: int, path: Path) -> Record:
+    try:
+        row = json.loads(line)
+    except (ValueError, RecursionError) as exc:  # bad JSON, nesting too deep, an integer too long
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)[:80]
+        raise ConfigError(f"input: {path} line {number} is not JSON ({reason}); fix or remove the line") from exc
+    return normalize_row(row, number, str(path))
+
+
 def _jsonl_input(path: Path, chunk: int) -> StageInput:
-    count = 0
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    if head == b"\x1f\x8b":
+        raise ConfigError(f"input: '{path}' is gzip-compressed; decompress it first (gunzip -k {path.name}) and give "
+                          "the .jsonl file")
+    count = filled = 0
     with path.open("rb") as handle:
         for count, raw in enumerate(handle, 1):  # noqa: B007 (the count is the point)
             try:
-                raw.decode("utf-8")
+                text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise ConfigError(f"input: {path} line {count} is not UTF-8 ({exc.reason} at byte {exc.start}); "
                                   "re-encode the file as UTF-8") from exc
+            if text.strip():
+                if filled == 0 and text.lstrip().startswith("[") and not text.rstrip().endswith("]"):
+                    raise ConfigError(f"input: '{path}' looks like a JSON array, not JSON Lines; write one record "
+                                      f"object per line (e.g. jq -c '.[]' {path.name} > records.jsonl)")
+                _parse_line(text, count, path)  # every line is checked before any model loads (seconds, not hours)
+                filled += 1
     if count == 0:
         raise ConfigError(f"input: '{path}' is empty; give a JSONL file with at least one record")
+    if filled == 0:
+        raise ConfigError(f"input: '{path}' holds only blank lines ({count}); give a JSONL file with at least one record")
     names = [f"in-{i:05d}" for i in range((count + chunk - 1) // chunk)]
+
+    def line_of(name: str, index: int) -> int:
+        start = int(name.split("-")[1]) * chunk
+        seen = -1
+        with path.open("rb") as handle:
+            for number, raw in enumerate(itertools.islice(handle, start, start + chunk), start + 1):
+                seen += bool(raw.strip())
+                if seen == index:
+                    return number
+        return start + index + 1
 
     def read(name: str) -> Iterator[Record]:
         start = int(name.split("-")[1]) * chunk
         with path.open("rb") as handle:  # lines split on b"\n" only, as counted above
             for number, raw in enumerate(itertools.islice(handle, start, start + chunk), start + 1):
                 line = raw.decode("utf-8")
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except (ValueError, RecursionError) as exc:  # bad JSON, nesting too deep, an integer too long
-                    reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)[:80]
-                    raise ConfigError(f"input: {path} line {number} is not JSON ({reason}); fix or remove the line") from exc
-                yield normalize_row(row, number, str(path))
+                if line.strip():
+                    yield _parse_line(line, number, path)
 
-    return StageInput(f"file:{_file_digest(path)}", path, names, read, {"stage": "file", "records": count})
+    return StageInput(f"file:{_file_digest(path)}", path, names, read, {"stage": "file", "records": filled}, line_of)
 
 
 def open_input(cfg: MagpieConfig, stage: str, upstream_dir: Callable[[], Path], chunk: int = 1000) -> StageInput:
@@ -181,7 +214,12 @@ def open_input(cfg: MagpieConfig, stage: str, upstream_dir: Callable[[], Path], 
         return _jsonl_input(path, chunk)
     if not (path / "manifest.json").exists():
         raise ConfigError(f"input: '{path}' is not a stage folder (no manifest.json); {hint}")
-    store = ShardStore.open(path)
+    try:
+        store = ShardStore.open(path)  # read-only: reading an input never changes it
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        remake = f"magpie-exp stage={path.parent.name}" if path.parent.name in UPSTREAM.values() else "the stage"
+        raise ConfigError(f"input: {path / 'manifest.json'} is damaged ({type(exc).__name__}: {str(exc)[:80]}); "
+                          f"delete {path} and run {remake} with the config that made it") from exc
     if not store.complete:
         raise ConfigError(f"input: stage folder '{path}' is not complete; rerun its stage to finish it, or {hint}")
     bad = store.verify()

@@ -10,14 +10,14 @@ import pytest
 
 from conftest import schema
 from magpie_exp.config import ConfigError
-from magpie_exp.curate import check_inputs, run_curate, target_count
+from magpie_exp.curate import OPS, check_inputs, check_tagged_fields, evaluate, rule_name, run_curate, target_count
 from magpie_exp.stages import StageInput
 
 # id: (quality, difficulty, reward, reward_difference, response length, category, language, safety, keeper,
 #      instruction, response text)
 TABLE = {
     "r0": ("excellent", "hard", 0.0, 1.0, 900, "Math", "EN", "safe", True, "Prove it.", "First x, therefore y."),
-    "r1": ("good", "medium", -5.0, 2.0, 800, "Reasoning", "EN", "safe", True, "Why?", "Step 1: look.\nStep 2: see."),
+    "r1": ("good", "medium", -5.0, 2.0, 800, "Reasoning", "EN", "safe", True, "Why?", "## Step 1: look.\n## Step 2: see."),
     "r2": ("average", "easy", -11.0, -1.0, 700, "Information seeking", "EN", "safe", True, "What is X?", "X is a thing."),
     "r3": ("poor", "very easy", 0.0, 3.0, 1000, "Creative writing", "EN", "safe", True, "A poem", "Roses are red."),
     "r4": ("good", "easy", -13.0, 1.0, 600, "Advice seeking", "ZH", "safe", True, "我该怎么办", "别担心。"),
@@ -36,7 +36,9 @@ def write_table(path: Path) -> Path:
                     "task_category": cat, "language": lang, "safety": safety, "near_dup_keep": keep,
                     "errors": {} if q else {"quality": "truncated"}}
             messages = [{"role": "user", "content": ins}, {"role": "assistant", "content": res}]
-            handle.write(json.dumps({"id": rid, "messages": messages, "tags": tags}, ensure_ascii=False) + "\n")
+            # r1's instruction was sanitized: as sampled it carried the model's "## Step 1" (issue #38's CoT filter)
+            gen = {"turns": [{"raw_instruction": "Why?\n## Step 1: think"}]} if rid == "r1" else {}
+            handle.write(json.dumps({"id": rid, "messages": messages, "gen": gen, "tags": tags}, ensure_ascii=False) + "\n")
     return path
 
 
@@ -50,7 +52,8 @@ EXPECTED = {
     "pro-filter5": {"r0", "r1", "r6", "r8", "r9"},
     "pro-filter6": {"r0", "r2"},
     "english-safe": {"r0", "r1", "r2", "r3", "r6", "r7", "r8", "r9"},
-    "reasoning-cot": {"r0", "r1", "r6"},
+    "reasoning-cot": {"r1"},  # r0 says "first ... therefore" but has no step markers; r6 ends with ':'
+
     "none": {"r0", "r1", "r2", "r3", "r4", "r6", "r7", "r8", "r9"},
 }
 
@@ -90,8 +93,130 @@ def test_drop_reasons_are_named_and_counted(tmp_path: Path) -> None:
 
 def test_quota_with_an_explicit_count(tmp_path: Path) -> None:
     result = curate(tmp_path, "curate=dpo-instructions", "curate.select.count=6")
-    assert kept_ids(result) == {"r0", "r1"}  # seeking none pass; reasoning capped at floor(0.35 * 6) = 2
-    assert result.stats["dropped"]["quota task_category=reasoning"] == 1
+    # seeking and writing have no candidates: their slots go to the reasoning group's remaining member (r9)
+    assert kept_ids(result) == {"r0", "r1", "r9"}
+    assert not any(k.startswith("quota") for k in result.stats["dropped"])
+
+
+def test_share_quotas_fill_to_the_target_and_max_caps_hold() -> None:
+    """The issue's case: target 5, shares .3/.35/.35, 30 candidates: 5 kept (floors alone gave 3)."""
+    from magpie_exp.curate import Candidate, select
+
+    cfg = schema("curate=dpo-instructions").curate
+    groups = ["seeking", "reasoning", "writing"]
+    pool = [Candidate(f"c{i:02d}", float(i), groups[i % 3]) for i in range(30)]
+    kept, reasons = select(pool, cfg, 5)
+    assert len(kept) == 5 and {c.group for c in pool if c.id in kept} == set(groups)
+    assert len(reasons) == 25 and set(reasons.values()) <= {f"quota task_category={g}: over its share" for g in groups}
+    cfg.quota.groups[0].share, cfg.quota.groups[0].max = None, 0  # a hard cap of 0 for seeking: never filled
+    kept, reasons = select(pool, cfg, 5)
+    assert len(kept) == 5 and not any(c.group == "seeking" for c in pool if c.id in kept)
+    assert reasons["c00"] == "quota task_category=seeking: over its max"
+    one = [Candidate("x", 1.0, None), *pool[:3]]
+    assert select(one, cfg, 5)[1]["x"] == "quota task_category: in no group"
+
+
+def test_rejected_reasons_are_as_precise_as_the_stats(tmp_path: Path) -> None:
+    result = curate(tmp_path, "curate=pro-300k-filtered")
+    rejected = {r["id"]: r["reason"] for r in map(json.loads, open(result.stage_dir / "rejected.jsonl"))}
+    assert rejected["r6"] == rejected["r8"] == rejected["r9"] == "top 3 by response_length"
+    from collections import Counter
+
+    assert Counter(rejected.values()) == Counter(result.stats["dropped"])
+
+
+def _rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _row(rid: str | None, **tags) -> dict:
+    row = {"messages": [{"role": "user", "content": f"question {rid}"}, {"role": "assistant", "content": "answer"}],
+           "tags": {"near_dup_keep": True, **tags}}
+    return row if rid is None else {"id": rid, **row}
+
+
+def test_duplicate_ids_are_refused_naming_both_lines(tmp_path: Path) -> None:
+    """Membership was decided by id: a second row with a kept row's id was written too, failing rule or not."""
+    rows = _rows(tmp_path / "dup.jsonl", [_row("a", reward=1.0), _row("b", reward=1.0), _row("a", reward=-50.0)])
+    cfg = schema(f"input={rows}", f"paths.outputs={tmp_path / 'out'}", "curate=none",
+                 "curate.rules=[{field: reward, op: '>', value: -12}]")
+    with pytest.raises(ConfigError, match=r"record id 'a' appears twice \(.*dup.jsonl line 1 and .*dup.jsonl line 3\)"):
+        run_curate(cfg, show_progress=False)
+    same_text = _rows(tmp_path / "noid.jsonl", [_row(None), {**_row(None), "tags": {"near_dup_keep": True}}])
+    with pytest.raises(ConfigError, match="appears twice"):  # id-less rows with one instruction: one derived id
+        run_curate(schema(f"input={same_text}", f"paths.outputs={tmp_path / 'out'}", "curate=none"), show_progress=False)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_a_null_tag_fails_every_operator(op: str) -> None:
+    """A tag that could not be produced (null) is never a pass: not under != (safety != unsafe kept a record whose
+    guard verdict failed), not under is_false."""
+    from magpie_exp.config import Rule
+
+    value = {"in": ["safe"], "not_in": ["unsafe"], "regex": "x", "not_regex": "x", "endswith": "x",
+             "not_endswith": "x", "is_true": None, "is_false": None}.get(op, "unsafe")
+    rule = Rule(field="safety", op=op, value=value)
+    assert evaluate({"id": "n", "messages": [], "tags": {"safety": None}}, [rule]) == [f"{rule_name(rule)}: not tagged"]
+    assert evaluate({"id": "m", "messages": [], "tags": {}}, [rule]) == [f"{rule_name(rule)}: not tagged"]
+
+
+def test_a_tag_of_the_wrong_type_is_an_error_naming_record_field_and_value(tmp_path: Path) -> None:
+    rows = _rows(tmp_path / "typed.jsonl", [_row("a", reward=1.0), _row("b", reward="high")])
+    with pytest.raises(ConfigError, match=r"record b has reward='high' \(str\).*reward > -12"):
+        run_curate(schema(f"input={rows}", f"paths.outputs={tmp_path / 'out'}", "curate=none",
+                          "curate.rules=[{field: reward, op: '>', value: -12}]"), show_progress=False)
+    labels = _rows(tmp_path / "labels.jsonl", [_row("a", input_quality="great", reward=0.0)])
+    with pytest.raises(ConfigError, match=r"record a has input_quality='great', not one of the labels"):
+        run_curate(schema(f"input={labels}", f"paths.outputs={tmp_path / 'out'}", "curate=none",
+                          "curate.rules=[{field: input_quality, op: '>=', value: average}]"), show_progress=False)
+
+
+def test_dedup_never_passes_a_record_without_its_dedup_tag(tmp_path: Path) -> None:
+    rows = _rows(tmp_path / "d.jsonl", [_row("a"), {**_row("b"), "tags": {"near_dup_keep": None}}])
+    result = run_curate(schema(f"input={rows}", f"paths.outputs={tmp_path / 'out'}", "curate=none"), show_progress=False)
+    assert kept_ids(result) == {"a"} and result.stats["dropped"] == {"near-duplicate: not tagged": 1}
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["curate.rules=[{field: rewrd, op: '>', value: 0}]"], r"curate.rules\[0\] \(rewrd > 0\): 'rewrd' is not a field.*did you mean 'reward'"),
+    (["curate.select.by=response_lenght"], r"curate.select.by: 'response_lenght' is not a field.*did you mean 'response_length'"),
+    (["curate=dpo-instructions", "curate.quota.by=task_categry"], r"curate.quota.by: 'task_categry'.*did you mean 'task_category'"),
+])
+def test_misspelled_recipe_fields_are_one_line(tmp_path: Path, overrides: list[str], message: str) -> None:
+    table = write_table(tmp_path / "table.jsonl")
+    with pytest.raises(ConfigError, match=message):
+        run_curate(schema(f"input={table}", f"paths.outputs={tmp_path / 'out'}", *overrides), show_progress=False)
+    with pytest.raises(ConfigError, match=message.split(":")[0]):  # the pipeline says so before generating
+        check_tagged_fields(schema(*overrides), ["length", "quality", "difficulty", "task_category", "reward", "embedding"])
+
+
+def test_untagged_input_with_a_tag_recipe_is_refused(tmp_path: Path) -> None:
+    plain = _rows(tmp_path / "plain.jsonl", [{"messages": _row("a")["messages"]}])
+    with pytest.raises(ConfigError, match=r"reads 'reward', which none of the first 1000 records.*tag the input first"):
+        run_curate(schema(f"input={plain}", f"paths.outputs={tmp_path / 'out'}", "curate=pro-filter3"), show_progress=False)
+    assert not (tmp_path / "out" / "stages").exists()
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"\n\n  \n", "holds only blank lines"),
+    (b'[{"messages": []},\n{"messages": []}]\n', r"looks like a JSON array.*jq -c"),
+    (b"\x1f\x8b\x08\x00rest", r"gzip-compressed; decompress it first \(gunzip"),
+])
+def test_inputs_that_are_not_jsonl_get_the_right_fix(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        run_curate(schema(f"input={path}", f"paths.outputs={tmp_path / 'out'}"), show_progress=False)
+
+
+def test_the_cot_filter_matches_real_step_markers() -> None:
+    cot = schema("curate=reasoning-cot").curate.rules[1]  # the response rule
+    steps = {"id": "s", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "## Step 1: add\n## Step 2: done"}]}
+    words = {"id": "w", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "First add, thus 4."}]}
+    tenth = {"id": "t", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "## Step 10: last"}]}
+    assert evaluate(steps, [cot]) == [] and evaluate(words, [cot]) == ["response has no '## Step 1'"]
+    assert evaluate(tenth, [cot]) == ["response has no '## Step 1'"]
 
 
 def test_sizes_scale_with_the_dataset() -> None:

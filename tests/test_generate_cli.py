@@ -120,3 +120,71 @@ def test_unknown_embedded_model(tmp_path: Path) -> None:
     cfg = schema(f"paths.outputs={tmp_path}", "generator.model=embedded:llama-9000")
     with pytest.raises(ConfigError, match="unknown embedded model 'embedded:llama-9000'; choose from embedded:smollm2"):
         run_generate(cfg, show_progress=False)
+
+
+SECRET = "sk-magpie-cli-secret-0123456789abcdef"
+
+
+@pytest.mark.parametrize("override", [f"+engine.api_key={SECRET}", f"engine.api_key_env={SECRET}",
+                                      f"engine.served_model_name={SECRET}", "+tracker.wandb_token=abc123"])
+def test_a_secret_on_the_command_line_is_refused_before_anything_is_written(tmp_path: Path, override: str) -> None:
+    """Hydra writes the overrides to .hydra/ before the job starts, and W&B records the run's arguments: a key on
+    the command line is refused first, in one line that does not repeat it."""
+    result = _run([override, f"paths.outputs={tmp_path / 'out'}"], tmp_path, "run", timeout=120)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "put it in an environment variable" in lines[0] and SECRET not in result.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "out").exists()
+
+
+def test_unknown_keys_are_refused_even_with_a_plus(tmp_path: Path) -> None:
+    """Hydra's own hint for a typo is to add '+': the job then ran with the default count."""
+    result = _run(["+generate.cout=5", f"paths.outputs={tmp_path / 'out'}"], tmp_path, "run", timeout=120)
+    assert result.returncode == 2 and "generate.cout is not a config key; did you mean generate.count?" in result.stderr
+    assert not (tmp_path / "out").exists()
+    for free in ("+generator.chat_template_kwargs.enable_thinking=false", "+sft.extra.warmup_ratio=0.1"):
+        schema(free)  # the free-form maps take any key
+    with pytest.raises(ConfigError, match="holds what looks like a secret key"):
+        schema(f"+generator.chat_template_kwargs.token={SECRET}")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["paths.outputs="], "paths.outputs is empty (Hydra would write to /runs/...)"),
+    (["paths.outputs=/proc/no-such-place"], "paths.outputs: cannot write to '/proc/no-such-place'"),
+    (["stage=generate", "input=somefile.jsonl"], "input is set but stage=generate makes data from nothing"),
+    (["stage=curate", "force=[curate]"], "re-runs pipeline steps, but stage=curate runs one stage"),
+    (["tracker.mode=online"], "tracker.mode=online but no W&B key"),
+])
+def test_bad_paths_and_ignored_settings_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
+    env.update(MAGPIE_EXP_CACHE=str(CACHE), HOME=str(tmp_path))  # no ~/.netrc with a W&B login
+    outputs = [] if any(a.startswith("paths.outputs") for a in args) else [f"paths.outputs={tmp_path / 'out'}"]
+    result = _run([*args, *outputs], tmp_path, "run", env=env, timeout=120)
+    assert result.returncode == 2, result.stderr[-1000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "stages").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path: Path) -> None:
+    args = ["stage=generate", "engine=hf", "generate.count=6", "generate.shard_size=2", "generate.multi_turn.fraction=0",
+            "generator.instruction.max_tokens=32", "generator.response.max_tokens=16", "generate.export=[messages]",
+            f"paths.outputs={tmp_path / 'out'}"]
+    env = {**os.environ, "MAGPIE_EXP_CACHE": str(CACHE)}
+    proc = subprocess.Popen([EXE, *args, f"hydra.run.dir={tmp_path / 'first'}"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        manifests = list((tmp_path / "out").glob("stages/generate/*/manifest.json"))
+        if manifests and json.loads(manifests[0].read_text())["shards"]:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1].endswith("interrupted; run the same command again to resume") and "Traceback" not in err
+    assert not json.loads(manifests[0].read_text())["complete"]
+    again = _run(args, tmp_path, "second", env=env, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(manifests[0].read_text())["complete"]

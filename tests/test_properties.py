@@ -60,8 +60,8 @@ def test_reader_on_garbled_bytes_never_fails_any_other_way(tmp_path: Path, lines
     path.write_bytes(b"\n".join(lines) + b"\n")
     try:
         _read_all(path, 2)
-    except ConfigError as exc:
-        assert " line " in str(exc) or "is empty" in str(exc)
+    except ConfigError as exc:  # one line that says where, or what the file is instead of JSON Lines
+        assert any(part in str(exc) for part in (" line ", "is empty", "only blank lines", "a JSON array", "gzip")), exc
 
 
 def test_lone_surrogates_from_input_become_replacement_characters(tmp_path: Path) -> None:

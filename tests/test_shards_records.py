@@ -79,3 +79,52 @@ def test_exports_write_every_format(tmp_path) -> None:
 def test_unknown_export_format_names_the_key(tmp_path) -> None:
     with pytest.raises(ValueError, match="generate.export has unknown format"):
         export_records(lambda: iter([]), tmp_path, ["csv"])
+
+
+def _snapshot(folder) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_reading_a_stage_folder_never_changes_it(tmp_path) -> None:
+    """Opening another stage's folder as input left its temporary files (another job's shard in flight) and
+    rewrote its manifest when a shard failed its checksum; a reader now leaves every byte as it was."""
+    from conftest import schema
+    from magpie_exp.config import ConfigError
+    from magpie_exp.stages import open_input
+
+    folder = tmp_path / "stages" / "generate" / "abc"
+    store = ShardStore(folder, "generate", "abc", {"x": 1})
+    store.write_shard("s0", [_record(0)])
+    store.write_shard("s1", [_record(1)])
+    store.mark_complete(records=2)
+    (folder / "shards" / ".s2.jsonl.tmp-999").write_text("another job's shard in flight")
+    cfg = schema(f"input={folder}")
+    before = _snapshot(folder)
+    assert [r["id"] for r in open_input(cfg, "tag", lambda: folder).records()] == [_record(0)["id"], _record(1)["id"]]
+    assert _snapshot(folder) == before
+    (folder / "shards" / "s1.jsonl").write_text("tampered\n")
+    before = _snapshot(folder)
+    with pytest.raises(ConfigError, match=r"shards \['s1'\] of .* fail their checksums; rerun the generate stage"):
+        open_input(cfg, "tag", lambda: folder)
+    assert _snapshot(folder) == before  # the manifest still lists s1: its writer, not a reader, redoes it
+    (folder / "manifest.json").write_text('{"stage": "generate", "shards": ')
+    with pytest.raises(ConfigError, match=r"manifest.json is damaged \(JSONDecodeError.*delete .*abc and run "
+                                          r"magpie-exp stage=generate with the config that made it"):
+        open_input(cfg, "tag", lambda: folder)
+
+
+def test_a_bad_line_fails_before_any_record_is_processed(tmp_path) -> None:
+    """Line 1,501 of 2,001 was reported after the first 1,000 records were tagged (hours with a real judge)."""
+    from conftest import schema
+    from magpie_exp.config import ConfigError
+    from magpie_exp.tag import run_tag
+
+    lines = [json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]})
+             for i in range(2001)]
+    lines[1500] = '{"messages": [oops'
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    cfg = schema("stage=tag", f"input={path}", f"paths.outputs={tmp_path / 'out'}", "tag.taggers=[length]", "tag.plots=false")
+    with pytest.raises(ConfigError, match="in.jsonl line 1501 is not JSON"):
+        run_tag(cfg, show_progress=False)
+    assert not list((tmp_path / "out").rglob("*.jsonl"))  # nothing was tagged
