@@ -135,8 +135,8 @@ def _markers(tokenizer: Any, text: str) -> tuple[list[int], list[str]]:
     ids = [i for i in tokenizer.encode(text, add_special_tokens=False) if i in added]
     strings: list[str] = []
     head = text.strip().split(maxsplit=1)
-    if head and not (tokenizer.encode(head[0], add_special_tokens=False)[:1] and
-                     tokenizer.encode(head[0], add_special_tokens=False)[0] in added):
+    first = tokenizer.encode(head[0], add_special_tokens=False)[:1] if head else []
+    if head and not (first and first[0] in added):
         strings.append(head[0])
     return ids, strings
 

@@ -19,6 +19,11 @@ from pathlib import Path
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "chat_templates"
 
 S, N = True, False  # added token flagged special / not special
+# DeepSeek-R1 and V3.x share their tokens: the turn markers and think tags are added tokens NOT flagged special
+DEEPSEEK = {"added": [("<｜begin▁of▁sentence｜>", S), ("<｜end▁of▁sentence｜>", S), ("<｜User｜>", N), ("<｜Assistant｜>", N),
+                      ("<think>", N), ("</think>", N)],
+            "bos": "<｜begin▁of▁sentence｜>", "eos": "<｜end▁of▁sentence｜>", "add_bos": True,
+            "generation_eos": ["<｜end▁of▁sentence｜>"]}
 
 FAMILIES: dict[str, dict] = {
     "qwen3": {"mirrors": "Qwen/Qwen3-8B", "template": "Qwen-Qwen3-0.6B.jinja",
@@ -36,22 +41,13 @@ FAMILIES: dict[str, dict] = {
                 "generation_eos": ["<|return|>", "<|endoftext|>", "<|call|>"]},
     "deepseek-r1-distill-llama": {
         "mirrors": "deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "template": "deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja",
-        "added": [("<｜begin▁of▁sentence｜>", S), ("<｜end▁of▁sentence｜>", S), ("<｜User｜>", N), ("<｜Assistant｜>", N),
-                  ("<think>", N), ("</think>", N)],
-        "bos": "<｜begin▁of▁sentence｜>", "eos": "<｜end▁of▁sentence｜>", "add_bos": True,
-        "generation_eos": ["<｜end▁of▁sentence｜>"]},
+        **DEEPSEEK},
     "deepseek-r1-distill-qwen": {
         "mirrors": "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B", "template": "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja",
-        "added": [("<｜begin▁of▁sentence｜>", S), ("<｜end▁of▁sentence｜>", S), ("<｜User｜>", N), ("<｜Assistant｜>", N),
-                  ("<think>", N), ("</think>", N)],
-        "bos": "<｜begin▁of▁sentence｜>", "eos": "<｜end▁of▁sentence｜>", "add_bos": True,
-        "generation_eos": ["<｜end▁of▁sentence｜>"]},
+        **DEEPSEEK},
     "deepseek-v3.1": {
         "mirrors": "deepseek-ai/DeepSeek-V3.1", "template": "deepseek-ai-DeepSeek-V3.1.jinja",
-        "added": [("<｜begin▁of▁sentence｜>", S), ("<｜end▁of▁sentence｜>", S), ("<｜User｜>", N), ("<｜Assistant｜>", N),
-                  ("<think>", N), ("</think>", N)],
-        "bos": "<｜begin▁of▁sentence｜>", "eos": "<｜end▁of▁sentence｜>", "add_bos": True,
-        "generation_eos": ["<｜end▁of▁sentence｜>"]},
+        **DEEPSEEK},
     "gemma-4": {"mirrors": "google/gemma-4-31B-it", "template": "google-gemma-4-31B-it.jinja",
                 "added": [("<bos>", S), ("<eos>", S), ("<|turn>", S), ("<turn|>", S), ("<|channel>", S), ("<channel|>", S),
                           ("<|think|>", S), ("<|tool>", S), ("<tool|>", S)],
