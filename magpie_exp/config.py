@@ -108,8 +108,8 @@ class SystemPrompt:
 
 @dataclass
 class MultiTurnConfig:
-    num_turns: int = 1  # total user turns per multi-turn conversation (1 = single-turn only)
-    fraction: float = 0.0  # share of conversations extended to num_turns
+    num_turns: int = 2  # total user turns per multi-turn conversation (1 = single-turn only)
+    fraction: float = 0.25  # share of conversations extended to num_turns
     # System prompt shown while the model writes follow-up questions (our wording of the paper's Fig. 14).
     system_prompt: str | None = (
         "You are a helpful AI assistant. The user will hold a multi-round conversation with you: "
@@ -120,10 +120,10 @@ class MultiTurnConfig:
 
 @dataclass
 class GenerateConfig:
-    count: int | None = 240  # records to write (null when generate.grid gives counts)
+    count: int | None = 48  # records to write (null when generate.grid gives counts)
     grid: list[GridCell] = field(default_factory=list)  # instruction sampling grid (paper Table 7)
     samples_per_request: int = 64  # n samples per engine request from the one shared prefix
-    shard_size: int = 120  # records per shard: the unit of resume and of parallel work
+    shard_size: int = 24  # records per shard: the unit of resume and of parallel work
     oversample: float = 1.3  # sample this multiple of the missing count each round (drops get replaced)
     max_rounds: int = 8  # rounds per shard before giving up on filling it
     system_prompts: list[SystemPrompt] = field(default_factory=list)  # control tasks; empty = template default
@@ -160,11 +160,22 @@ class DedupConfig:
 
 
 @dataclass
+class DecontamConfig:
+    # Evaluation sets whose prompts no training record may reproduce (those found locally; see decontam.py).
+    benchmarks: list[str] = field(default_factory=lambda: ["ifeval", "mt_bench", "arena_hard", "alpaca_eval"])
+    lm_eval_local_data: bool = True  # also the prompts of evaluation.lm_eval.local_data files
+    ngram: int = 13  # word n-grams (Tulu 3, SmolLM2)
+    ngram_overlap: float | None = 0.5  # contaminated at this share of the shorter text's n-grams; null = off
+    similarity: float | None = 0.9  # ... or at this cosine with the tag embedder; null = off
+    responses: bool = False  # also compare the answers (n-grams only)
+
+
+@dataclass
 class TagConfig:
     # Which taggers run: length, language, quality, difficulty, task_category, judge_score, safety, reward,
-    # base_reward (URIAL base response + its reward + the reward difference), embedding (+ dedup).
+    # base_reward (URIAL base response + its reward + the reward difference), embedding (+ dedup), decontam.
     taggers: list[str] = field(default_factory=lambda: [
-        "length", "language", "quality", "difficulty", "task_category", "safety", "reward", "embedding"])
+        "length", "language", "quality", "difficulty", "task_category", "safety", "reward", "embedding", "decontam"])
     judge: GeneratorConfig | None = None  # judge for quality/difficulty/task_category/judge_score
     judge_max_tokens: int = 384
     explanation_chars: int = 300  # schema maxLength of free-text answer fields
@@ -177,6 +188,7 @@ class TagConfig:
     base_max_tokens: int = 256
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    decontam: DecontamConfig = field(default_factory=DecontamConfig)
     batch_size: int = 256  # records per engine call
     plots: bool = True
 
@@ -218,6 +230,7 @@ class CurateConfig:
     description: str = ""
     rules: list[Rule] = field(default_factory=list)
     dedup: bool = True  # drop near-duplicates that are not their cluster's keeper
+    decontaminate: bool = False  # drop records the decontam tagger matched to an evaluation prompt
     quota: Quota = field(default_factory=Quota)
     select: SelectConfig = field(default_factory=SelectConfig)
     write_rejected: bool = True  # rejected.jsonl with the reason of each dropped record
@@ -384,7 +397,7 @@ class MagpieConfig:
 STAGES = ("pipeline", "generate", "tag", "curate", "pair", "train", "evaluate", "inspect")
 PIPELINE_STAGES = ("generate", "tag", "curate", "pair", "sft", "dpo", "evaluate")
 TAGGERS = ("length", "language", "quality", "difficulty", "task_category", "judge_score", "safety", "reward",
-           "base_reward", "embedding")
+           "base_reward", "embedding", "decontam")
 JUDGE_TAGGERS = ("quality", "difficulty", "task_category", "judge_score")
 ENGINES = ("vllm", "hf", "openai")
 DTYPES = ("bfloat16", "float16", "float32", "auto")
@@ -395,8 +408,6 @@ def register_configs() -> None:
 
     store = ConfigStore.instance()
     store.store(name="magpie_schema", node=MagpieConfig)
-    store.store(group="generator", name="generator_schema", node=GeneratorConfig)
-    store.store(group="engine", name="engine_schema", node=EngineConfig)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -524,22 +535,12 @@ def validate(cfg: MagpieConfig) -> MagpieConfig:
     for key, gen in (("tag.judge", cfg.tag.judge), ("tag.guard", cfg.tag.guard), ("tag.base_model", cfg.tag.base_model)):
         if gen is not None:
             _validate_generator(key, gen)
-    from magpie_exp.curate import check_curate_config
-    from magpie_exp.tag import check_tag_config
-
-    check_tag_config(cfg)
-    check_curate_config(cfg.curate)
     p = cfg.pair
     _check(p.num_responses >= 2, f"pair.num_responses must be >= 2 (best vs worst needs two); got {p.num_responses}")
     _check(p.temperature > 0, f"pair.temperature must be > 0 (greedy gives k identical answers); got {p.temperature}")
     _check(0 < p.top_p <= 1, f"pair.top_p must be in (0, 1]; got {p.top_p}")
     _check(p.min_margin >= 0, f"pair.min_margin must be >= 0; got {p.min_margin}")
     _check(p.length_ratio >= 1, f"pair.length_ratio must be >= 1; got {p.length_ratio}")
-    from magpie_exp.evaluate import check_evaluation_config
-    from magpie_exp.train import check_train_config
-
-    check_train_config(cfg)
-    check_evaluation_config(cfg)
     _validate_pipeline(cfg)
     return cfg
 

@@ -46,8 +46,11 @@ FIELD_TAGGER = {
     "base_reward": "base_reward", "reward_difference": "base_reward", "language": "language",
     "instruction_length": "length", "response_length": "length", "instruction_tokens": "length",
     "response_tokens": "length", "min_neighbor_distance": "embedding", "repeat_count": "embedding",
-    "near_dup_keep": "embedding", "near_dup_cluster": "embedding",
+    "near_dup_keep": "embedding", "near_dup_cluster": "embedding", "contaminated": "decontam",
+    "contam_benchmark": "decontam", "contam_item": "decontam", "contam_ngram_overlap": "decontam",
+    "contam_similarity": "decontam", "contam_method": "decontam",
 }
+DECONTAM_RULE = Rule(field="contaminated", op="is_false", name="decontam: matches an evaluation prompt")
 _MISSING = object()
 
 
@@ -111,7 +114,7 @@ def _compare(op: str, value: Any, target: Any, labels: tuple[str, ...] | None) -
     return {">": value > target, ">=": value >= target, "<": value < target, "<=": value <= target}[op]
 
 
-def evaluate(record: Record, rules: list[Rule]) -> list[str]:
+def failed_rules(record: Record, rules: list[Rule]) -> list[str]:
     """Names of the rules the record fails. A missing or null field fails every rule that reads it, as
     '<rule>: not tagged' (a tag that failed is never a pass, whatever the operator); a value of the wrong type, or
     outside the field's label set, is an error naming the record, the field and the value."""
@@ -122,9 +125,16 @@ def evaluate(record: Record, rules: list[Rule]) -> list[str]:
             failed.append(f"{rule_name(rule)}: not tagged")
             continue
         labels = ORDINAL.get(rule.field)
-        if labels is not None and rule.op in (">", ">=", "<", "<=") and value not in labels:
+        known = labels or CATEGORICAL.get(rule.field)
+        if known is not None and rule.op not in ("regex", "not_regex") and value not in known:
             raise ConfigError(f"curate: record {record['id']} has {rule.field}={value!r}, not one of the labels "
-                              f"{list(labels)}; fix the input's tags (or re-tag it)")
+                              f"{list(known)}; fix the input's tags (or re-tag it)")
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if (labels is None and rule.op in (">", ">=", "<", "<=") and not numeric) or (
+                rule.op in ("is_true", "is_false") and not isinstance(value, bool)):
+            want = "a number" if rule.op not in ("is_true", "is_false") else "true or false"
+            raise ConfigError(f"curate: record {record['id']} has {rule.field}={value!r} ({type(value).__name__}), "
+                              f"but the rule '{rule_name(rule)}' needs {want}; fix the input's tags or the rule")
         try:
             ok = _compare(rule.op, value, rule.value, labels)
         except TypeError as exc:
@@ -146,19 +156,21 @@ def target_count(select_cfg: Any, n_input: int) -> int | None:
 
 
 @dataclass
-class Candidate:
+class Survivor:
+    """A record that passed the rules and dedup: what selection needs of it (id, sort value, quota group)."""
+
     id: str
     sort: Any
     group: str | None
 
 
-def _sort_key(c: Candidate, descending: bool) -> tuple:
+def _sort_key(c: Survivor, descending: bool) -> tuple:
     missing = c.sort is None
     value = 0 if missing else (-c.sort if descending else c.sort)
     return (missing, value, c.id)
 
 
-def _allocate(total: int, groups: list[Any], members: dict[str | None, list[Candidate]]) -> dict[str, int]:
+def _allocate(total: int, groups: list[Any], members: dict[str | None, list[Survivor]]) -> dict[str, int]:
     """Slots per quota group: ``max`` groups get at most their cap; ``share`` groups split the target by the
     largest-remainder method (so the shares add up to the target, not to its floors)."""
     alloc: dict[str, int] = {}
@@ -178,7 +190,7 @@ def _allocate(total: int, groups: list[Any], members: dict[str | None, list[Cand
     return alloc
 
 
-def select(candidates: list[Candidate], curate: CurateConfig, k: int | None) -> tuple[set[str], dict[str, str]]:
+def select(candidates: list[Survivor], curate: CurateConfig, k: int | None) -> tuple[set[str], dict[str, str]]:
     """Quotas, then top-k: the ids kept, and the reason of each candidate that was not. Ties break on id
     (order-independent). With a target ``k``, share quotas fill to it: slots a group cannot use go to the best
     remaining members of the other share groups (without one, shares cap each group's part of the pool); ``max``
@@ -189,7 +201,7 @@ def select(candidates: list[Candidate], curate: CurateConfig, k: int | None) -> 
     q = curate.quota
     if q.by:
         total = k if k is not None else len(pool)
-        by_group: dict[str | None, list[Candidate]] = defaultdict(list)
+        by_group: dict[str | None, list[Survivor]] = defaultdict(list)
         for c in pool:
             by_group[c.group].append(c)
         alloc = _allocate(total, list(q.groups), by_group)
@@ -239,9 +251,15 @@ def stage_dir_for(cfg: MagpieConfig) -> Path:
     return stage_folder(cfg, "curate", stage_config(cfg, source.key))
 
 
+def recipe_rules(curate: CurateConfig) -> list[Rule]:
+    """The recipe's rules, then the decontamination rule when ``curate.decontaminate`` is on."""
+    return [*curate.rules, *([DECONTAM_RULE] if curate.decontaminate else [])]
+
+
 def recipe_fields(curate: CurateConfig) -> list[tuple[str, str]]:
-    """(config key, field) of every field the recipe reads: rules, dedup, select.by, quota.by."""
+    """(config key, field) of every field the recipe reads: rules, decontaminate, dedup, select.by, quota.by."""
     fields = [(f"curate.rules[{i}] ({rule_name(r)})", r.field) for i, r in enumerate(curate.rules)]
+    fields += [("curate.decontaminate", "contaminated")] if curate.decontaminate else []
     fields += [("curate.dedup", "near_dup_keep")] if curate.dedup else []
     fields += [("curate.select.by", curate.select.by)] if curate.select.by else []
     fields += [("curate.quota.by", curate.quota.by)] if curate.quota.by else []
@@ -276,7 +294,8 @@ def check_inputs(cfg: MagpieConfig, source: StageInput, sample: int = 1000) -> N
         raise ConfigError(f"{key} reads '{name}', which none of the first {sample} records of {source.path} carry "
                           f"(the '{FIELD_TAGGER[name]}' tagger writes it); tag the input first (magpie-exp stage=tag "
                           f"input={source.path} tag.taggers=[...,{FIELD_TAGGER[name]}]) or drop the rule"
-                          + (" (curate.dedup=false)" if name == "near_dup_keep" else ""))
+                          + {"near_dup_keep": " (curate.dedup=false)",
+                             "contaminated": " (curate.decontaminate=false)"}.get(name, ""))
 
 
 def check_tagged_fields(cfg: MagpieConfig, taggers: list[str]) -> None:
@@ -292,7 +311,7 @@ def check_tagged_fields(cfg: MagpieConfig, taggers: list[str]) -> None:
             raise ConfigError(f"{key}: '{name}' is not a field the tag stage writes"
                               + (f"; did you mean '{close[0]}'?" if close else ""))
         if tagger not in taggers:
-            key = "curate.dedup" if name == "near_dup_keep" else f"curate ({name})"
+            key = {"near_dup_keep": "curate.dedup", "contaminated": "curate.decontaminate"}.get(name, f"curate ({name})")
             raise ConfigError(f"{key} needs the field '{name}', which the tag stage's tagger '{tagger}' writes, but "
                               f"tag.taggers was {taggers}; add '{tagger}' to tag.taggers or drop the rule")
 
@@ -317,9 +336,10 @@ def run_curate(cfg: MagpieConfig, stage_dir: Path | None = None, show_progress: 
     # by id, so two records with one id are refused: the second would share the first's fate unseen.
     first_reason: dict[str, str] = {}
     rule_failures: Counter = Counter()
-    candidates: list[Candidate] = []
+    candidates: list[Survivor] = []
     seen: dict[str, tuple[str, int]] = {}
     n_input = 0
+    rules = recipe_rules(curate)
     with tqdm(desc="curate", unit="rec", disable=not show_progress, dynamic_ncols=True) as bar:
         for shard in source.shard_names:
             for index, record in enumerate(source.read(shard)):
@@ -330,7 +350,7 @@ def run_curate(cfg: MagpieConfig, stage_dir: Path | None = None, show_progress: 
                                       f"{source.where(shard, index)}); give every record its own id, or drop the "
                                       "repeated rows")
                 seen[rid] = (shard, index)
-                failed = evaluate(record, list(curate.rules))
+                failed = failed_rules(record, rules)
                 if curate.dedup:
                     keep = record.get("tags", {}).get("near_dup_keep")
                     if keep is None:  # its embedding failed, or the input was never deduplicated
@@ -343,7 +363,7 @@ def run_curate(cfg: MagpieConfig, stage_dir: Path | None = None, show_progress: 
                 else:
                     sort = field_value(record, curate.select.by) if curate.select.by else None
                     sort = sort if isinstance(sort, (int, float)) and not isinstance(sort, bool) else None
-                    candidates.append(Candidate(rid, sort, _group_of(record, curate) if curate.quota.by else None))
+                    candidates.append(Survivor(rid, sort, _group_of(record, curate) if curate.quota.by else None))
                 bar.update()
     del seen
     k = target_count(curate.select, n_input)

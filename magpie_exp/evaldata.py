@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from magpie_exp.config import ConfigError
-from magpie_exp.shards import _sha256
+from magpie_exp.files import file_digest
 
 log = logging.getLogger(__name__)
 Item = dict[str, Any]
@@ -78,25 +78,31 @@ def _download(spec: DataFile, target: Path) -> None:
         with partial.open("wb") as handle:
             for chunk in response.iter_bytes():
                 handle.write(chunk)
-    got = _sha256(partial)
+    got = file_digest(partial)
     if got != spec.sha256:
         partial.unlink()
         raise ValueError(f"checksum mismatch (got {got[:12]}, expected {spec.sha256[:12]})")
     partial.replace(target)
 
 
+def local_path(key: str, data_dir: str | None, cache_dir: Path) -> Path | None:
+    """The local copy of eval file ``key`` (``evaluation.data_dir``, shipped, cached), or None; never downloads."""
+    spec = FILES[key]
+    places = ([Path(data_dir).expanduser() / spec.benchmark / spec.name] if data_dir
+              else [shipped_dir() / spec.benchmark / spec.name, cache_dir / "evals" / spec.benchmark / spec.name])
+    return next((path for path in places if path.exists()), None)
+
+
 def locate(key: str, data_dir: str | None, cache_dir: Path) -> Path:
     """The local path of eval file ``key`` (see FILES), downloading it into the cache if nothing local has it."""
     spec = FILES[key]
+    found = local_path(key, data_dir, cache_dir)
+    if found is not None:
+        return found
     if data_dir:
         path = Path(data_dir).expanduser() / spec.benchmark / spec.name
-        if not path.exists():
-            raise ConfigError(f"evaluation.data_dir: '{path}' does not exist; put {spec.name} from {spec.url} there, "
-                              "or set evaluation.data_dir=null to use the shipped or downloaded copy")
-        return path
-    for path in (shipped_dir() / spec.benchmark / spec.name, cache_dir / "evals" / spec.benchmark / spec.name):
-        if path.exists():
-            return path
+        raise ConfigError(f"evaluation.data_dir: '{path}' does not exist; put {spec.name} from {spec.url} there, "
+                          "or set evaluation.data_dir=null to use the shipped or downloaded copy")
     target = cache_dir / "evals" / spec.benchmark / spec.name
     log.info("downloading %s (%s) to %s", spec.url, spec.licence, target)
     try:

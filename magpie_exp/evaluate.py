@@ -41,7 +41,7 @@ from magpie_exp import __version__
 from magpie_exp.config import ConfigError, GeneratorConfig, MagpieConfig, ResponseSampling, as_plain, validate_engine
 from magpie_exp.engines import Engine, SamplingSpec
 from magpie_exp.evaldata import LOADERS, MT_BENCH_TEMPERATURE, mt_bench_judge_prompts, subset
-from magpie_exp.generate import _stable_seed
+from magpie_exp.files import stable_seed
 from magpie_exp.generators import eos_ids
 from magpie_exp.judging import PAIRWISE_VERSION, Judge, model_preference, mt_bench_messages, pairwise_messages
 from magpie_exp.shards import ShardStore
@@ -252,7 +252,7 @@ class EvaluateStage:
     def _spec(self, item: dict[str, Any], bench: str, turn: int) -> SamplingSpec:
         temperature = MT_BENCH_TEMPERATURE.get(item.get("category"), 0.0) if bench == "mt_bench" else 0.0
         return SamplingSpec(temperature=temperature, max_tokens=self.ev.max_tokens, stop_token_ids=self.stop_ids,
-                            seed=_stable_seed(self.cfg.seed, bench, item["id"], turn))
+                            seed=stable_seed(self.cfg.seed, bench, item["id"], turn))
 
     def answer_shard(self, bench: str, items: list[dict[str, Any]], stats: Counter) -> list[dict[str, Any]]:
         chat = self.candidate()

@@ -9,6 +9,9 @@ one dictionary lookup. The names:
 - ``train.checkpoint``: the trainer has just written a checkpoint;
 - ``ray.worker.generate``: a Ray engine actor (``executor=ray``) is handed a chunk of requests.
 
+``<name>:<n>:pause=<seconds>`` sleeps there instead, holding the process mid-write (the parallel-sweep drill
+uses it to make other jobs arrive while a stage folder is being written).
+
 With ``MAGPIE_EXP_FAILPOINT_ONCE=<file>`` as well, only the first process to create ``<file>`` dies: the actors
 of a Ray cluster share the environment, and a restarted actor counts from zero again.
 """
@@ -28,11 +31,17 @@ def failpoint(name: str) -> None:
     spec = os.environ.get(ENV)
     if not spec:
         return
-    target, _, count = spec.partition(":")
+    target, _, rest = spec.partition(":")
     if target != name:
         return
+    count, _, action = rest.partition(":")
     _hits[name] += 1
     if _hits[name] != int(count or 1):
+        return
+    if action.startswith("pause="):
+        import time
+
+        time.sleep(float(action.removeprefix("pause=")))
         return
     once = os.environ.get(ONCE_ENV)
     if once:

@@ -13,7 +13,6 @@ instructions are dropped across the whole run and every record id is unique.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -30,7 +29,8 @@ from magpie_exp.engines import Completion, Engine, Request, SamplingSpec, build_
 from magpie_exp.generators import Side, load_side
 from magpie_exp.records import EXPORT_FILES, Record, export_records, record_id
 from magpie_exp.sanitize import sanitize_instruction
-from magpie_exp.shards import ShardStore
+from magpie_exp.files import stable_seed
+from magpie_exp.shards import ShardStore, wait_for_writer
 from magpie_exp.stages import StageResult, check_writable, config_hash, stage_folder
 from magpie_exp.templates import next_user_prefix, response_prompt
 
@@ -38,10 +38,6 @@ log = logging.getLogger(__name__)
 
 # Bump when a change alters what the stage writes for the same config (invalidates stage folders).
 STAGE_VERSION = 1
-
-
-def _stable_seed(*parts: Any) -> int:
-    return int.from_bytes(hashlib.sha256(json.dumps(parts).encode()).digest()[:4], "big")
 
 
 def stage_config(cfg: MagpieConfig) -> dict[str, Any]:
@@ -222,7 +218,7 @@ class GenerateStage:
     def _respond(self, convs: list[Conversation], turn: int, stats: Counter) -> None:
         if not convs:
             return
-        seeds = [_stable_seed(self.cfg.seed, conv.id, "res", turn) for conv in convs]
+        seeds = [stable_seed(self.cfg.seed, conv.id, "res", turn) for conv in convs]
         prompts = [response_prompt(self.res.render, conv.messages) for conv in convs]
         requests = [Request(self.res.encode(prompt), self._response_spec(seed)) for prompt, seed in zip(prompts, seeds, strict=True)]
         for conv, out, seed, prompt in zip(convs, self._call(self.res, requests), seeds, prompts, strict=True):
@@ -245,12 +241,12 @@ class GenerateStage:
         requests, contexts = [], []
         for j, start in enumerate(range(0, want, self.g.samples_per_request)):
             n = min(self.g.samples_per_request, want - start)
-            rng = random.Random(_stable_seed(self.cfg.seed, plan.name, round_index, j, "system"))
+            rng = random.Random(stable_seed(self.cfg.seed, plan.name, round_index, j, "system"))
             system_prompt, task, prefill = self._choose_system(rng)
             pre_query, ids = self.ins.prefix(system_prompt)
             if prefill:  # the user turn is begun for the model: steering without a system role (Gemma-2)
                 ids = self.ins.encode(pre_query + prefill)
-            spec = self._instruction_spec(plan.cell, n, _stable_seed(self.cfg.seed, plan.name, round_index, j))
+            spec = self._instruction_spec(plan.cell, n, stable_seed(self.cfg.seed, plan.name, round_index, j))
             requests.append(Request(ids, spec))
             contexts.append({"system_prompt": system_prompt, "control_task": task, "pre_query": pre_query,
                              "prefill": prefill, "instruction_sampling": spec.as_dict()})
@@ -308,7 +304,7 @@ class GenerateStage:
         requests = []
         for conv in convs:
             prompt = next_user_prefix(self.ins.render, history_system + conv.messages)
-            seed = _stable_seed(self.cfg.seed, conv.id, "followup", turn)
+            seed = stable_seed(self.cfg.seed, conv.id, "followup", turn)
             requests.append(Request(self.ins.encode(prompt), self._instruction_spec(plan.cell, 1, seed)))
         asked = []
         for conv, out in zip(convs, self._call(self.ins, requests), strict=True):
@@ -330,7 +326,7 @@ class GenerateStage:
         convs = self._first_turns(plan, seen, stats)
         mt = self.g.multi_turn
         if mt.num_turns > 1 and mt.fraction > 0:
-            rng = random.Random(_stable_seed(self.cfg.seed, plan.name, "multi_turn"))
+            rng = random.Random(stable_seed(self.cfg.seed, plan.name, "multi_turn"))
             chosen = [convs[i] for i in sorted(rng.sample(range(len(convs)), round(mt.fraction * len(convs))))]
             for turn in range(2, mt.num_turns + 1):
                 active = self._follow_ups(plan, [c for c in chosen if c.alive], turn, stats)
@@ -449,20 +445,28 @@ def run_generate(
     plans = plan_shards(cfg)
     total = sum(p.size for p in plans)
     export_dir = stage_dir / "export"
-    exports_present = all((export_dir / EXPORT_FILES[f]).exists() for f in cfg.generate.export)
-    # Open an existing stage folder only: creating one waits until the models and templates have been checked.
-    store = ShardStore(stage_dir, "generate", config_hash(payload), payload) if (stage_dir / "manifest.json").exists() else None
-    if store is not None:
+
+    def cached(store: ShardStore) -> GenerateResult | None:
         store.verify()
-        if store.complete and exports_present:
+        if store.complete and all((export_dir / EXPORT_FILES[f]).exists() for f in cfg.generate.export):
             log.info("cache hit: generate stage %s is complete (%d records)", stage_dir, store.record_count())
             stats = json.loads((stage_dir / "stats.json").read_text())
             return GenerateResult(stage_dir, stats, {f: str(export_dir / EXPORT_FILES[f]) for f in cfg.generate.export}, True)
+        return None
+
+    wait_for_writer(stage_dir)  # a sweep member making this same folder finishes first
+    # Open an existing stage folder only: creating one waits until the models and templates have been checked.
+    store = ShardStore(stage_dir, "generate", config_hash(payload), payload) if (stage_dir / "manifest.json").exists() else None
+    if store is not None and (hit := cached(store)):
+        return hit
 
     stage = GenerateStage(cfg, engines)
     try:
         stage.prepare()  # bad models and templates fail here, before anything is written
-        store = store or ShardStore(stage_dir, "generate", config_hash(payload), payload)
+        if store is None:
+            store = ShardStore(stage_dir, "generate", config_hash(payload), payload)
+            if hit := cached(store):  # finished meanwhile by another job
+                return hit
         rendered = stage.rendered_templates()
         if store.pin("rendered_templates", rendered) != rendered:  # a resume never mixes two prompts
             first = next(k for k in rendered if store.manifest["rendered_templates"].get(k) != rendered[k])

@@ -38,7 +38,7 @@ from magpie_exp.templates import (ChatTemplates, Render, TemplateError, derive_t
 log = logging.getLogger(__name__)
 
 
-def _load_chat_template(value: str | None) -> str | None:
+def load_chat_template(value: str | None) -> str | None:
     if value is None:
         return None
     path = Path(value).expanduser()
@@ -204,7 +204,7 @@ def load_side(key: str, gen: GeneratorConfig, cache_dir: Path, tokenizer_only: b
     except OSError as exc:
         raise ConfigError(f"{key}.model: cannot load a tokenizer from '{gen.model}' ({exc.__class__.__name__}); "
                           "check the name, or download the model first") from exc
-    chat_template = _load_chat_template(gen.chat_template)
+    chat_template = load_chat_template(gen.chat_template)
     try:
         render, templates, kwargs = _derive(tokenizer, chat_template, template_kwargs(gen), gen, key)
     except TemplateError as exc:

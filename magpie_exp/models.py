@@ -14,7 +14,6 @@ a plain model is rebuilt from its config and the de-quantized weights are copied
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -25,6 +24,7 @@ from pathlib import Path
 from collections.abc import Callable
 
 from magpie_exp.config import ConfigError
+from magpie_exp.files import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +67,6 @@ EMBEDDED: dict[str, EmbeddedModel] = {
 PREFIX = "embedded:"
 
 
-def _file_digest(path: Path, limit_bytes: int = 1 << 24) -> str:
-    """sha256 of the size and the first 16 MiB: enough to tell package versions apart, cheap to recompute."""
-    digest = hashlib.sha256(str(path.stat().st_size).encode())
-    with path.open("rb") as handle:
-        digest.update(handle.read(limit_bytes))
-    return digest.hexdigest()[:12]
-
-
 def convert_gguf(gguf: Path, out_dir: Path, dtype: str = "bfloat16") -> Path:
     """Convert a GGUF file into a plain Hugging Face folder (tokenizer + chat template + safetensors)."""
     import torch
@@ -101,7 +93,7 @@ def convert_gguf(gguf: Path, out_dir: Path, dtype: str = "bfloat16") -> Path:
     plain.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
     (tmp / "magpie_exp_source.json").write_text(
-        json.dumps({"gguf": str(gguf), "gguf_digest": _file_digest(gguf), "dtype": dtype}, indent=1)
+        json.dumps({"gguf": str(gguf), "gguf_digest": file_digest(gguf, 12, limit_bytes=1 << 24, with_size=True), "dtype": dtype}, indent=1)
     )
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -120,7 +112,7 @@ def embedded_model_dir(name: str, cache_dir: Path, dtype: str = "bfloat16") -> P
     gguf = EMBEDDED[name].locate(Path(cache_dir))
     if not gguf.exists():
         raise ConfigError(f"generator.model: {gguf} is missing; reinstall {EMBEDDED[name].package}")
-    out_dir = Path(cache_dir) / "models" / f"{name}-{dtype}-{_file_digest(gguf)}"
+    out_dir = Path(cache_dir) / "models" / f"{name}-{dtype}-{file_digest(gguf, 12, limit_bytes=1 << 24, with_size=True)}"
     if (out_dir / "config.json").exists():
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)

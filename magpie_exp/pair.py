@@ -27,10 +27,10 @@ from collections.abc import Sequence
 from magpie_exp import __version__
 from magpie_exp.config import ConfigError, MagpieConfig, as_plain
 from magpie_exp.engines import Engine, Request, SamplingSpec
-from magpie_exp.generate import _stable_seed
+from magpie_exp.files import stable_seed
 from magpie_exp.generators import load_side
 from magpie_exp.records import Record, write_jsonl
-from magpie_exp.shards import ShardStore
+from magpie_exp.shards import ShardStore, wait_for_writer
 from magpie_exp.stages import StageResult, check_writable, config_hash, open_input, stage_folder
 from magpie_exp.taggers import Models, Scorer, first_exchange
 from magpie_exp.templates import response_prompt
@@ -111,7 +111,7 @@ class PairStage:
 
     def make_shard(self, records: list[Record], stats: Counter) -> list[dict[str, Any]]:
         prompts = [[{"role": "user", "content": first_exchange(r)[0]}] for r in records]
-        seeds = [_stable_seed(self.cfg.seed, r["id"], "pair") for r in records]
+        seeds = [stable_seed(self.cfg.seed, r["id"], "pair") for r in records]
         texts_in = [response_prompt(self.side.render, p) for p in prompts]
         requests = [Request(self.side.encode(t), self.spec(s)) for t, s in zip(texts_in, seeds, strict=True)]
         start = time.perf_counter()
@@ -180,14 +180,23 @@ def run_pair(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, show_p
     payload = stage_config(cfg, source.key)
     stage_dir = stage_folder(cfg, "pair", payload)
     export = stage_dir / "export" / "pairs.jsonl"
-    store = ShardStore(stage_dir, "pair", config_hash(payload), payload) if (stage_dir / "manifest.json").exists() else None
-    if store is not None:
+
+    def cached(store: ShardStore) -> StageResult | None:
         store.verify()
         if store.complete and export.exists():
             log.info("cache hit: pair stage %s (%d pairs)", stage_dir, store.record_count())
             return StageResult(stage_dir, json.loads((stage_dir / "stats.json").read_text()), {"pairs": str(export)}, True)
+        return None
+
+    wait_for_writer(stage_dir)  # a sweep member making this same folder finishes first
+    store = ShardStore(stage_dir, "pair", config_hash(payload), payload) if (stage_dir / "manifest.json").exists() else None
+    if store is not None and (hit := cached(store)):
+        return hit
     stage = PairStage(cfg, engines)  # bad models fail here, before anything is written
     store = store or ShardStore(stage_dir, "pair", config_hash(payload), payload)
+    if hit := cached(store):  # finished meanwhile by another job
+        stage.close()
+        return hit
     totals: Counter = Counter()
     try:
         todo = [s for s in source.shard_names if s not in store.done()]

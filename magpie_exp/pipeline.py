@@ -27,6 +27,7 @@ from typing import Any
 
 from magpie_exp.config import ConfigError, GeneratorConfig, MagpieConfig
 from magpie_exp.engines import Engine
+from magpie_exp.runner import ENGINE_STAGES, run_stage_result
 from magpie_exp.stages import StageResult
 from magpie_exp.tracking import Tracker
 
@@ -216,12 +217,10 @@ class Pipeline:
         if step.split(":")[0] in self.cfg.force:
             for folder in _forced_folders(step.split(":")[0], cfg):
                 _remove(folder, step)
-        from magpie_exp.cli import run_stage_result
-
         if cfg.stage == "train":
             self.pool.close()  # training needs the memory (on a GPU node, the GPUs) the engines hold
         start = time.perf_counter()
-        result = run_stage_result(cfg, engines=self.pool if cfg.stage in ("generate", "tag", "pair", "evaluate") else None)
+        result = run_stage_result(cfg, engines=self.pool if cfg.stage in ENGINE_STAGES else None)
         seconds = time.perf_counter() - start
         record = StepRecord(step, str(result.stage_dir), result.cache_hit, seconds, result.stats)
         self.records.append(record)

@@ -125,6 +125,24 @@ def _samples(folder: str | None, limit: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _decontam(tag: dict[str, Any], cur: dict[str, Any]) -> str:
+    """Records matching an evaluation prompt, by benchmark, and whether the recipe dropped them."""
+    dc = tag.get("decontam")
+    if not dc:
+        return '<p class="muted" id="decontam">decontamination: the decontam tagger did not run</p>'
+    dropped = (cur.get("rule_failures") or {}).get("decontam: matches an evaluation prompt", 0)
+    against = ", ".join(f"{k} ({v} prompts)" for k, v in (dc.get("against") or {}).items())
+    unchecked = ", ".join(dc.get("unchecked") or {})
+    rows = [{"benchmark": k, "records matching": v} for k, v in (dc.get("by_benchmark") or {}).items()]
+    head = (f'<h3 id="decontam">Decontamination</h3><p>{dc.get("contaminated", 0)} of {dc.get("checked", 0)} records '
+            f"match an evaluation prompt (checked against {_esc(against)}"
+            + (f"; not checked: {_esc(unchecked)}" if unchecked else "") + "). "
+            + (f"The recipe drops {dropped} of them as contaminated." if cur and dropped else
+               "The recipe keeps them (curate.decontaminate=true drops them)." if cur and dc.get("contaminated") else "")
+            + "</p>")
+    return head + (_table(rows) if rows else "")
+
+
 def write_run_report(run_dir: Path, cfg: Any, records: list[Any], scores: dict[str, Any], tracker: Any,
                      failed: bool = False) -> Path:
     """Write ``report.html`` for one pipeline run; returns its path."""
@@ -157,6 +175,7 @@ def write_run_report(run_dir: Path, cfg: Any, records: list[Any], scores: dict[s
         summary.append({"stage": "curate", "records": cur.get("kept"), "kept fraction": cur.get("kept_fraction"),
                         "recipe": cur.get("recipe")})
     parts.append(_table(summary))
+    parts.append(_decontam(tag, cur))
     figures = []
     for name, stats in (("tag", tag), ("curate", cur)):
         for plot, path in (stats.get("plots") or {}).items():
@@ -212,22 +231,26 @@ def write_sweep_report(sweep_dir: Path) -> Path | None:
     from magpie_exp.evaluate import results_table
 
     jobs = []
-    for pipeline_file in sorted(sweep_dir.glob("*/pipeline.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
-        job = pipeline_file.parent
+    folders = {p.parent for name in ("pipeline.json", "failed.json") for p in sweep_dir.glob(f"*/{name}")}
+    for job in sorted(folders, key=lambda p: (len(p.name), p.name)):
         overrides_file = job / ".hydra" / "overrides.yaml"
         overrides = []
         if overrides_file.exists():
             import yaml
 
             overrides = [o for o in yaml.safe_load(overrides_file.read_text()) or [] if not o.startswith("paths.")]
-        jobs.append((job, overrides, json.loads(pipeline_file.read_text())))
+        data = json.loads((job / "pipeline.json").read_text()) if (job / "pipeline.json").exists() else {"steps": []}
+        failed = json.loads((job / "failed.json").read_text()) if (job / "failed.json").exists() else None
+        jobs.append((job, overrides, data, failed))
     if not jobs:
         return None
     rows, results = [], []
-    for job, overrides, data in jobs:
+    for job, overrides, data, failed in jobs:
         hits = [s["step"] for s in data["steps"] if s["cache_hit"]]
         report = job / "report.html"
-        rows.append({"job": job.name, "overrides": " ".join(overrides), "cache hits": ", ".join(hits) or "none",
+        rows.append({"job": job.name, "overrides": " ".join(overrides),
+                     "status": f"failed: {failed['error']}" if failed else "finished",
+                     "cache hits": ", ".join(hits) or "none",
                      "report": report.relative_to(sweep_dir).as_posix() if report.exists() else ""})
         for label, scores in data.get("scores", {}).items():
             results.append({"model": f"{job.name}: {' '.join(overrides)} [{label}]", "benchmarks": scores})
@@ -250,7 +273,18 @@ class SweepReport(Callback):
     """Hydra callback (``hydra.callbacks.sweep_report``): the sweep page once every job of a multirun is done."""
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        page = None
         try:
-            write_sweep_report(Path(config.hydra.sweep.dir))
+            page = write_sweep_report(sweep)
         except Exception as exc:  # a report must never fail a finished sweep
             log.warning("no sweep report: %s", exc)
+        failed = sorted(sweep.glob("*/failed.json"), key=lambda p: (len(p.parent.name), p.parent.name))
+        if failed:  # the other members ran; the command still says that the sweep is not whole
+            import sys
+
+            first = json.loads(failed[0].read_text())
+            # printed, not logged: the last member's log handlers are gone by now
+            print(f"{len(failed)} sweep member(s) failed ({', '.join(p.parent.name for p in failed)}); the first: "
+                  f"{first['error']}" + (f"; see {page}" if page else ""), file=sys.stderr)
+            sys.exit(max(json.loads(p.read_text()).get("exit_code", 1) for p in failed))

@@ -11,11 +11,19 @@ A shard is written to a temporary name, flushed to disk and renamed; only then i
 which is itself replaced atomically. So a run killed at any instant leaves either a finished shard listed in the
 manifest, or nothing that counts: a rerun redoes exactly the shards that are missing. A shard whose bytes no
 longer match its checksum (truncated, edited, disk error) is reported by ``verify`` and redone.
+
+One process writes a folder at a time: its writer holds an exclusive ``flock`` on the folder itself (no lock
+file: the folder holds only its output) from the moment it opens an unfinished folder until it marks it
+complete; another job that would write the same folder (a parallel sweep member with the same upstream config)
+waits, then finds it complete. The OS drops the lock of a killed process. Readers never lock: a stage that reads
+an unfinished folder asks ``writer_of`` and says which job is writing it.
+
 A shard is an independent unit of work, which is what lets an executor fan shards out later.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -26,30 +34,81 @@ from typing import Any
 from collections.abc import Iterable, Iterator
 
 from magpie_exp.faults import failpoint
+from magpie_exp.files import atomic_write_bytes, file_digest
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+_HELD: dict[str, int] = {}  # stage folder -> file descriptor of the writer lock this process holds
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def acquire_writer(root: Path) -> None:
+    """Become the one writer of ``root`` (waiting for another job that is writing it); reentrant per process."""
+    key = str(root.resolve())
+    if key in _HELD:
+        if os.fstat(_HELD[key]).st_ino == os.stat(root).st_ino:
+            return
+        os.close(_HELD.pop(key))  # the folder was deleted and made again: lock the new one
+    fd = os.open(root, os.O_RDONLY)
     try:
-        with tmp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.warning("%s is being written by another job (%s); waiting for it to finish", root, _holder(root))
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(fd)
+        raise
+    _HELD[key] = fd
+
+
+def release_writer(root: Path) -> None:
+    fd = _HELD.pop(str(root.resolve()), None)
+    if fd is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def wait_for_writer(root: Path) -> None:
+    """Return once no other job is writing ``root`` (a parallel sweep member making the same stage folder), so
+    the caller's cache check sees what that job made."""
+    root = Path(root)
+    if root.is_dir() and str(root.resolve()) not in _HELD and writer_of(root) is not None:
+        acquire_writer(root)
+        release_writer(root)
+
+
+def _holder(root: Path) -> str:
+    """'pid N' of the process holding ``root``'s lock, from /proc/locks (Linux, this host), or 'another job'."""
+    try:
+        inode = os.stat(root).st_ino
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+                return f"pid {fields[4]}"
+    except OSError:
+        pass
+    return "another job"
+
+
+def writer_of(root: Path) -> str | None:
+    """Who is writing ``root`` now ("pid N"), or None; never creates or changes a file."""
+    root = Path(root)
+    if str(root.resolve()) in _HELD:
+        return f"pid {os.getpid()} (this process)"
+    try:
+        fd = os.open(root, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except BlockingIOError:
+        return _holder(root)
     finally:
-        tmp.unlink(missing_ok=True)
+        os.close(fd)
 
 
 class ShardStore:
@@ -64,8 +123,12 @@ class ShardStore:
         self.read_only = read_only
         if not read_only:  # the writer of this folder: it alone makes, cleans and changes it
             self.shard_dir.mkdir(parents=True, exist_ok=True)
-            self._clean_temporaries()
+            if not self._finished_on_disk():
+                acquire_writer(self.root)  # waits while another job writes it
+                self._clean_temporaries()
         self.manifest = self._load_manifest(config)
+        if not read_only and self.complete:  # finished (perhaps by the job it waited for): nothing to write
+            release_writer(self.root)
 
     @classmethod
     def open(cls, root: Path) -> ShardStore:
@@ -104,10 +167,17 @@ class ShardStore:
             self._save(self.manifest)
         return self.manifest[key]
 
+    def _finished_on_disk(self) -> bool:
+        try:
+            return bool(json.loads((self.root / MANIFEST).read_text()).get("complete"))
+        except (OSError, ValueError, AttributeError):
+            return False
+
     def _save(self, manifest: dict[str, Any]) -> None:
         if self.read_only:
             raise RuntimeError(f"{self.root} was opened read-only (as another stage's input)")
-        _atomic_write_bytes(self.root / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode())
+        acquire_writer(self.root)  # a finished folder opened for a cache hit takes the lock only to change it
+        atomic_write_bytes(self.root / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode())
 
     def _clean_temporaries(self) -> None:
         for tmp in list(self.shard_dir.glob(".*.tmp-*")) + list(self.root.glob(".*.tmp-*")):
@@ -126,7 +196,7 @@ class ShardStore:
         bad = []
         for name, info in sorted(self.manifest["shards"].items()):
             path = self.shard_path(name)
-            if not path.exists() or path.stat().st_size != info["bytes"] or _sha256(path) != info["sha256"]:
+            if not path.exists() or path.stat().st_size != info["bytes"] or file_digest(path) != info["sha256"]:
                 bad.append(name)
         if bad and self.read_only:  # a reader reports; the folder's writer redoes them
             return bad
@@ -145,7 +215,7 @@ class ShardStore:
         # UTF-8 on disk, and the same string when read back
         data = "".join(lines).encode("utf-8", errors="backslashreplace")
         path = self.shard_path(name)
-        _atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data)
         failpoint("shard.renamed")
         self.manifest["shards"][name] = {
             "records": len(lines),
@@ -180,3 +250,4 @@ class ShardStore:
         self.manifest["complete"] = True
         self.manifest["completed_unix"] = time.time()
         self._save(self.manifest)
+        release_writer(self.root)

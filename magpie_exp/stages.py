@@ -21,8 +21,9 @@ from typing import Any
 from collections.abc import Callable, Iterator
 
 from magpie_exp.config import ConfigError, MagpieConfig
+from magpie_exp.files import file_digest
 from magpie_exp.records import Record, record_id
-from magpie_exp.shards import ShardStore
+from magpie_exp.shards import ShardStore, writer_of
 
 _SHAREGPT_ROLE = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 UPSTREAM = {"tag": "generate", "curate": "tag", "pair": "curate", "train": "curate"}
@@ -140,14 +141,6 @@ def _valid_text(text: str) -> str:
         return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 def _parse_line(line: str, number: int, path: Path) -> Record:
     try:
         row = json.loads(line)
@@ -201,7 +194,7 @@ def _jsonl_input(path: Path, chunk: int) -> StageInput:
                 if line.strip():
                     yield _parse_line(line, number, path)
 
-    return StageInput(f"file:{_file_digest(path)}", path, names, read, {"stage": "file", "records": filled}, line_of)
+    return StageInput(f"file:{file_digest(path, 16)}", path, names, read, {"stage": "file", "records": filled}, line_of)
 
 
 def open_input(cfg: MagpieConfig, stage: str, upstream_dir: Callable[[], Path], chunk: int = 1000) -> StageInput:
@@ -221,6 +214,10 @@ def open_input(cfg: MagpieConfig, stage: str, upstream_dir: Callable[[], Path], 
         raise ConfigError(f"input: {path / 'manifest.json'} is damaged ({type(exc).__name__}: {str(exc)[:80]}); "
                           f"delete {path} and run {remake} with the config that made it") from exc
     if not store.complete:
+        writer = writer_of(path)
+        if writer is not None:
+            raise ConfigError(f"input: stage folder '{path}' is being written by another job ({writer}); run this "
+                              "again when it has finished")
         raise ConfigError(f"input: stage folder '{path}' is not complete; rerun its stage to finish it, or {hint}")
     bad = store.verify()
     if bad:

@@ -29,12 +29,14 @@ import numpy as np
 
 from magpie_exp import __version__
 from magpie_exp.config import ConfigError, MagpieConfig, as_plain, validate_engine
+from magpie_exp.decontam import BENCHMARKS
 from magpie_exp.engines import Engine
 from magpie_exp.labels import DIFFICULTY, QUALITY
 from magpie_exp.records import EXPORT_FILES, Record, export_records
-from magpie_exp.shards import ShardStore, _atomic_write_bytes
+from magpie_exp.files import atomic_write_bytes
+from magpie_exp.shards import ShardStore, wait_for_writer
 from magpie_exp.stages import StageInput, StageResult, check_writable, config_hash, open_input, stage_folder
-from magpie_exp.taggers import ORDER, TAGGER_CLASSES, Models, Tagger
+from magpie_exp.taggers import ORDER, TAGGER_CLASSES, DecontamTagger, Models, Tagger
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,11 @@ def stage_config(cfg: MagpieConfig, input_key: str) -> dict[str, Any]:
     tag = as_plain(cfg.tag)
     tag.pop("plots")
     tag["taggers"] = sorted(set(tag["taggers"]))
+    if "decontam" in tag["taggers"]:  # which evaluation files it compares with
+        tag["decontam"]["sources"] = {"data_dir": cfg.evaluation.data_dir,
+                                      "lm_eval_local_data": dict(cfg.evaluation.lm_eval.local_data)}
+    else:
+        tag.pop("decontam")
     return {"stage": "tag", "stage_version": STAGE_VERSION, "input": input_key, "seed": cfg.seed,
             "engine": {"type": cfg.engine.type, "dtype": cfg.engine.dtype}, "tag": tag}
 
@@ -141,7 +148,7 @@ class TagStage:
 
         buffer = io.BytesIO()
         np.save(buffer, vectors.astype(np.float32))
-        _atomic_write_bytes(part.shard_dir / f"{shard}.npy", buffer.getvalue())
+        atomic_write_bytes(part.shard_dir / f"{shard}.npy", buffer.getvalue())
 
     def load_vectors(self) -> tuple[list[str], np.ndarray]:
         """All ids and embeddings in shard order, read from disk once per stage run (dedup and plots share them)."""
@@ -197,7 +204,7 @@ class TagStage:
         }
         log.info("dedup: %d records, %d near-duplicate pairs, %d clusters > 1, index %s, %.1fs", len(ids),
                  len(stats.pairs), sum(1 for s in sizes.values() if s > 1), stats.index, time.perf_counter() - start)
-        _atomic_write_bytes(path, json.dumps(result).encode())
+        atomic_write_bytes(path, json.dumps(result).encode())
         return result
 
     def merge(self, final: ShardStore, dedup: dict[str, dict[str, Any]]) -> None:
@@ -261,17 +268,24 @@ def run_tag(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, stage_d
     payload = stage_config(cfg, source.key)
     formats = list(export if export is not None else ["records", "hf"])
     export_dir = stage_dir / "export"
-    if (stage_dir / "manifest.json").exists():
-        final = ShardStore(stage_dir, "tag", config_hash(payload), payload)
+
+    def cached(final: ShardStore) -> StageResult | None:
         final.verify()
         if final.complete and all((export_dir / EXPORT_FILES[f]).exists() for f in formats):
             log.info("cache hit: tag stage %s is complete (%d records)", stage_dir, final.record_count())
             stats = json.loads((stage_dir / "stats.json").read_text())
             return StageResult(stage_dir, stats, {f: str(export_dir / EXPORT_FILES[f]) for f in formats}, True)
+        return None
+
+    wait_for_writer(stage_dir)  # a sweep member making this same folder finishes first
+    if (stage_dir / "manifest.json").exists() and (hit := cached(ShardStore(stage_dir, "tag", config_hash(payload), payload))):
+        return hit
     stage = TagStage(cfg, source, stage_dir, engines, show_progress)
     try:
         stage.prepare()  # bad models fail here, before any shard is written
         final = ShardStore(stage_dir, "tag", config_hash(payload), payload)
+        if hit := cached(final):  # finished meanwhile by another job
+            return hit
         log.info("tag stage %s: taggers %s over %d shard(s) of %s", stage_dir, [t.name for t in stage.taggers],
                  len(source.shard_names), source.path)
         timings = stage.run_taggers()
@@ -282,6 +296,14 @@ def run_tag(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, stage_d
     previous = json.loads((stage_dir / "stats.json").read_text()).get("timings", {}) if (stage_dir / "stats.json").exists() else {}
     stats = aggregate(final, {**previous, **timings}, [t.name for t in stage.taggers])
     stats["code_version"] = __version__
+    decontam = next((t for t in stage.taggers if isinstance(t, DecontamTagger)), None)
+    if decontam is not None:
+        from magpie_exp.decontam import summary
+
+        _, against, unchecked = decontam.sources()
+        stats["decontam"] = {**summary(final.records()), "against": against, "unchecked": unchecked}
+        log.info("decontam: %d of %d records match an evaluation prompt %s", stats["decontam"]["contaminated"],
+                 stats["records"], stats["decontam"]["by_benchmark"] or "")
     (stage_dir / "stats.json").write_text(json.dumps(stats, indent=1))
     if cfg.tag.plots:
         from magpie_exp.plots import dataset_plots
@@ -334,5 +356,16 @@ def check_tag_config(cfg: MagpieConfig) -> None:
     need(0 < d.threshold <= 4, f"tag.dedup.threshold is a squared L2 distance between unit vectors, in (0, 4]; got {d.threshold}")
     need(d.index in ("auto", "flat", "ivf", "hnsw"), f"tag.dedup.index must be auto, flat, ivf or hnsw; got {d.index!r}")
     need(d.device in ("cpu", "cuda"), f"tag.dedup.device must be cpu or cuda; got {d.device!r}")
+    dc = t.decontam
+    unknown_sets = [b for b in dc.benchmarks if b not in BENCHMARKS]
+    need(not unknown_sets, f"tag.decontam.benchmarks has unknown set(s) {unknown_sets}; choose from {list(BENCHMARKS)} "
+         "(lm-eval tasks come from evaluation.lm_eval.local_data)")
+    need(dc.ngram >= 1, f"tag.decontam.ngram must be >= 1 word; got {dc.ngram}")
+    for key in ("ngram_overlap", "similarity"):
+        value = getattr(dc, key)
+        need(value is None or 0 < value <= 1, f"tag.decontam.{key} must be in (0, 1] or null (off); got {value}")
+    need(dc.ngram_overlap is not None or dc.similarity is not None,
+         "tag.decontam: ngram_overlap and similarity are both null, so nothing could match; set one, or drop "
+         "decontam from tag.taggers")
     bad_keys = [k for k in d.keep_by if k not in ("id", "reward", "input_quality", "difficulty", "judge_score")]
     need(not bad_keys, f"tag.dedup.keep_by has unknown key(s) {bad_keys}; use reward, input_quality, difficulty, judge_score, id")

@@ -62,9 +62,9 @@ class ChatModel:
             raise ConfigError(f"{key}.model: cannot load a tokenizer from '{gen.model}' ({exc.__class__.__name__}); "
                               "check the name, or download the model first") from exc
         if gen.chat_template is not None:
-            from magpie_exp.generators import _load_chat_template
+            from magpie_exp.generators import load_chat_template
 
-            self.tokenizer.chat_template = _load_chat_template(gen.chat_template)
+            self.tokenizer.chat_template = load_chat_template(gen.chat_template)
 
     @property
     def constrains(self) -> bool:
@@ -117,6 +117,16 @@ class Models:
         self.injected = injected if injected is not None else {}  # a dict, or the pipeline's lazy EnginePool
         self.models: dict[str, ChatModel] = {}
         self._scorer: Scorer | None = None
+        self._embedder: Any = None
+
+    def embedder(self) -> Any:
+        """The one sentence embedder of a stage (embedding and decontam share it)."""
+        if self._embedder is None:
+            from magpie_exp.scoring import Embedder
+
+            e = self.cfg.tag.embedder
+            self._embedder = Embedder(e.model, e.batch_size, e.device)
+        return self._embedder
 
     def scorer(self) -> Scorer:
         """The one reward scorer of a stage (a reward model is loaded once for reward and base_reward)."""
@@ -146,6 +156,7 @@ class Models:
     def close(self) -> None:
         if self._scorer is not None:
             self._scorer.close()
+        self._embedder = None
         for model in self.models.values():
             model.close()
 
@@ -435,10 +446,7 @@ class EmbeddingTagger(Tagger):
     fields = ()
 
     def prepare(self) -> None:
-        from magpie_exp.scoring import Embedder
-
-        e = self.tc.embedder
-        self.embedder = Embedder(e.model, e.batch_size, e.device)
+        self.embedder = self.models.embedder()
 
     def model_name(self) -> str:
         return self.tc.embedder.name
@@ -453,9 +461,76 @@ class EmbeddingTagger(Tagger):
         self.embedder = None
 
 
+class DecontamTagger(Tagger):
+    """Whether a conversation reproduces an evaluation prompt (word n-grams and embedding similarity; see
+    ``magpie_exp/decontam.py``): ``contaminated``, the benchmark and item matched, and both figures."""
+
+    name = "decontam"
+    fields = ("contaminated", "contam_benchmark", "contam_item", "contam_ngram_overlap", "contam_similarity",
+              "contam_method")
+
+    def sources(self) -> tuple[list[Any], dict[str, int], dict[str, str]]:
+        """(prompts, items per evaluation set, unchecked set -> why), read once."""
+        if getattr(self, "_sources", None) is None:
+            from magpie_exp.decontam import benchmark_prompts
+
+            ev = self.cfg.evaluation
+            self._sources = benchmark_prompts(self.tc.decontam, ev.data_dir, Path(self.cfg.paths.cache_dir),
+                                              dict(ev.lm_eval.local_data))
+        return self._sources
+
+    def prepare(self) -> None:
+        from magpie_exp.decontam import Index, prompt_vectors
+
+        dc = self.tc.decontam
+        cache = Path(self.cfg.paths.cache_dir)
+        prompts, _, self.unchecked = self.sources()
+        if not prompts:
+            raise ConfigError(f"tag.decontam.benchmarks: none of {list(dc.benchmarks)} is available locally "
+                              f"({self.unchecked}); point evaluation.data_dir at the evaluation files, or drop "
+                              "decontam from tag.taggers")
+        for name, why in self.unchecked.items():
+            log.warning("decontam: %s not checked: %s", name, why)
+        self.embedder = self.models.embedder() if dc.similarity is not None else None
+        vectors = None
+        if self.embedder is not None:
+            vectors = prompt_vectors(prompts, self.embedder.encode, self.tc.embedder.model, cache)
+        self.index = Index(prompts, dc.ngram, vectors)
+
+    def model_name(self) -> str:
+        dc = self.tc.decontam
+        _, counts, unchecked = self.sources()
+        sets = ", ".join(f"{k} ({v})" for k, v in counts.items())
+        how = [f"{dc.ngram}-gram overlap >= {dc.ngram_overlap}" if dc.ngram_overlap is not None else "",
+               f"{self.tc.embedder.name} cosine >= {dc.similarity}" if dc.similarity is not None else ""]
+        return (f"{' or '.join(h for h in how if h)} against {sets}"
+                + (f"; not checked: {', '.join(unchecked)}" if unchecked else ""))
+
+    def run(self, records: Sequence[Record]) -> list[TagRow]:
+        dc = self.tc.decontam
+        turns = [[m["content"] for m in r["messages"] if m["role"] == "user"] for r in records]
+        answers = [[m["content"] for m in r["messages"] if m["role"] == "assistant"] if dc.responses else []
+                   for r in records]
+        flat = None
+        if self.embedder is not None and any(turns):
+            flat = self.embedder.encode([t for ts in turns for t in ts])
+        rows, offset, vectors = [], 0, None
+        for user, said in zip(turns, answers, strict=True):
+            if flat is not None:
+                vectors, offset = flat[offset:offset + len(user)], offset + len(user)
+            m = self.index.match([*user, *said], vectors, dc.ngram_overlap, dc.similarity)
+            rows.append({"contaminated": m.method is not None, "contam_benchmark": m.benchmark, "contam_item": m.item,
+                         "contam_ngram_overlap": m.ngram_overlap, "contam_similarity": m.similarity,
+                         "contam_method": m.method})
+        return rows
+
+    def close(self) -> None:
+        self.embedder = None
+
+
 TAGGER_CLASSES: dict[str, type[Tagger]] = {
     cls.name: cls
-    for cls in (LengthTagger, LanguageTagger, EmbeddingTagger, SafetyTagger, BaseRewardTagger, RewardTagger,
+    for cls in (LengthTagger, LanguageTagger, EmbeddingTagger, DecontamTagger, SafetyTagger, BaseRewardTagger, RewardTagger,
                 QualityTagger, DifficultyTagger, TaskCategoryTagger, JudgeScoreTagger)
 }
 # Run order: cheap CPU taggers first, then by model so each engine starts once and closes after its last user.

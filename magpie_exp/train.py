@@ -36,6 +36,7 @@ from collections.abc import Iterator
 
 from magpie_exp import __version__
 from magpie_exp.config import ConfigError, DPOSpec, MagpieConfig, SFTSpec, TrainSpec, as_plain
+from magpie_exp.files import file_digest
 from magpie_exp.models import resolve_model
 from magpie_exp.records import training_messages
 from magpie_exp.stages import StageResult, check_free_space, check_writable, config_hash, open_input, stage_folder
@@ -152,9 +153,7 @@ def load_dpo_rows(cfg: MagpieConfig) -> tuple[str, list[dict[str, Any]]]:
                 raise ConfigError(f"input: {path} line {number} is not a conversational preference pair "
                                   "(prompt, chosen, rejected message lists); point input at the pair stage's pairs.jsonl")
             rows.append({k: row[k] for k in ("prompt", "chosen", "rejected")})
-    import hashlib
-
-    return f"pairs:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}", rows
+    return f"pairs:{file_digest(path, 16)}", rows
 
 
 def prepare_tokenizer(model_path: str, spec: SFTSpec | DPOSpec, key: str) -> tuple[Any, str | None]:

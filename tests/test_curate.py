@@ -10,7 +10,7 @@ import pytest
 
 from conftest import schema
 from magpie_exp.config import ConfigError
-from magpie_exp.curate import OPS, check_inputs, check_tagged_fields, evaluate, rule_name, run_curate, target_count
+from magpie_exp.curate import OPS, check_inputs, check_tagged_fields, failed_rules, rule_name, run_curate, target_count
 from magpie_exp.stages import StageInput
 
 # id: (quality, difficulty, reward, reward_difference, response length, category, language, safety, keeper,
@@ -34,6 +34,7 @@ def write_table(path: Path) -> Path:
         for rid, (q, d, r, rd, length, cat, lang, safety, keep, ins, res) in TABLE.items():
             tags = {"input_quality": q, "difficulty": d, "reward": r, "reward_difference": rd, "response_length": length,
                     "task_category": cat, "language": lang, "safety": safety, "near_dup_keep": keep,
+                    "contaminated": rid == "r2",  # r2 reproduces an evaluation prompt (the decontam tagger)
                     "errors": {} if q else {"quality": "truncated"}}
             messages = [{"role": "user", "content": ins}, {"role": "assistant", "content": res}]
             # r1's instruction was sanitized: as sampled it carried the model's "## Step 1" (issue #38's CoT filter)
@@ -51,7 +52,7 @@ EXPECTED = {
     "pro-filter4": {"r0", "r1", "r4"},
     "pro-filter5": {"r0", "r1", "r6", "r8", "r9"},
     "pro-filter6": {"r0", "r2"},
-    "english-safe": {"r0", "r1", "r2", "r3", "r6", "r7", "r8", "r9"},
+    "english-safe": {"r0", "r1", "r3", "r6", "r7", "r8", "r9"},  # r2 reproduces an evaluation prompt
     "reasoning-cot": {"r1"},  # r0 says "first ... therefore" but has no step markers; r6 ends with ':'
 
     "none": {"r0", "r1", "r2", "r3", "r4", "r6", "r7", "r8", "r9"},
@@ -100,11 +101,11 @@ def test_quota_with_an_explicit_count(tmp_path: Path) -> None:
 
 def test_share_quotas_fill_to_the_target_and_max_caps_hold() -> None:
     """The issue's case: target 5, shares .3/.35/.35, 30 candidates: 5 kept (floors alone gave 3)."""
-    from magpie_exp.curate import Candidate, select
+    from magpie_exp.curate import Survivor, select
 
     cfg = schema("curate=dpo-instructions").curate
     groups = ["seeking", "reasoning", "writing"]
-    pool = [Candidate(f"c{i:02d}", float(i), groups[i % 3]) for i in range(30)]
+    pool = [Survivor(f"c{i:02d}", float(i), groups[i % 3]) for i in range(30)]
     kept, reasons = select(pool, cfg, 5)
     assert len(kept) == 5 and {c.group for c in pool if c.id in kept} == set(groups)
     assert len(reasons) == 25 and set(reasons.values()) <= {f"quota task_category={g}: over its share" for g in groups}
@@ -112,7 +113,7 @@ def test_share_quotas_fill_to_the_target_and_max_caps_hold() -> None:
     kept, reasons = select(pool, cfg, 5)
     assert len(kept) == 5 and not any(c.group == "seeking" for c in pool if c.id in kept)
     assert reasons["c00"] == "quota task_category=seeking: over its max"
-    one = [Candidate("x", 1.0, None), *pool[:3]]
+    one = [Survivor("x", 1.0, None), *pool[:3]]
     assert select(one, cfg, 5)[1]["x"] == "quota task_category: in no group"
 
 
@@ -157,8 +158,8 @@ def test_a_null_tag_fails_every_operator(op: str) -> None:
     value = {"in": ["safe"], "not_in": ["unsafe"], "regex": "x", "not_regex": "x", "endswith": "x",
              "not_endswith": "x", "is_true": None, "is_false": None}.get(op, "unsafe")
     rule = Rule(field="safety", op=op, value=value)
-    assert evaluate({"id": "n", "messages": [], "tags": {"safety": None}}, [rule]) == [f"{rule_name(rule)}: not tagged"]
-    assert evaluate({"id": "m", "messages": [], "tags": {}}, [rule]) == [f"{rule_name(rule)}: not tagged"]
+    assert failed_rules({"id": "n", "messages": [], "tags": {"safety": None}}, [rule]) == [f"{rule_name(rule)}: not tagged"]
+    assert failed_rules({"id": "m", "messages": [], "tags": {}}, [rule]) == [f"{rule_name(rule)}: not tagged"]
 
 
 def test_a_tag_of_the_wrong_type_is_an_error_naming_record_field_and_value(tmp_path: Path) -> None:
@@ -215,8 +216,8 @@ def test_the_cot_filter_matches_real_step_markers() -> None:
     steps = {"id": "s", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "## Step 1: add\n## Step 2: done"}]}
     words = {"id": "w", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "First add, thus 4."}]}
     tenth = {"id": "t", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "## Step 10: last"}]}
-    assert evaluate(steps, [cot]) == [] and evaluate(words, [cot]) == ["response has no '## Step 1'"]
-    assert evaluate(tenth, [cot]) == ["response has no '## Step 1'"]
+    assert failed_rules(steps, [cot]) == [] and failed_rules(words, [cot]) == ["response has no '## Step 1'"]
+    assert failed_rules(tenth, [cot]) == ["response has no '## Step 1'"]
 
 
 def test_sizes_scale_with_the_dataset() -> None:

@@ -91,6 +91,7 @@ def test_tag_killed_between_a_shard_and_its_manifest_entry(tmp_path: Path) -> No
 def test_curate_killed_after_a_shard(tmp_path: Path) -> None:
     ids = _stage_input(tmp_path / "tagged", "tag", shards=3, per_shard=6, tags=True)
     args = ["stage=curate", f"input={tmp_path / 'tagged'}", "curate=english-safe", "curate.dedup=false",
+            "curate.decontaminate=false",
             f"paths.outputs={tmp_path / 'out'}"]
     _killed_then_finished(args, tmp_path, "shard.written:1")
     folder = _only("stages/curate/*/manifest.json", tmp_path / "out")

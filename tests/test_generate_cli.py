@@ -165,6 +165,20 @@ def test_bad_paths_and_ignored_settings_are_one_line(tmp_path: Path, args: list[
     assert not (tmp_path / "out" / "stages").exists()
 
 
+def test_a_config_yaml_in_config_dir_is_refused_and_schema_entries_are_not_choices(tmp_path: Path) -> None:
+    """Hydra ignores a config.yaml in --config-dir (the shipped one is primary): say so instead of running without
+    it. The typed schemas are not selectable as a generator or an engine."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("seed: 99\n")
+    result = _run(["--config-dir", str(mine), f"paths.outputs={tmp_path / 'out'}"], tmp_path, "run", timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"--config-dir: {mine / 'config.yaml'} would be ignored" in result.stderr and "experiment=<name>" in result.stderr
+    result = _run(["generator=generator_schema", "stage=inspect"], tmp_path, "schema", timeout=120)
+    assert result.returncode != 0 and "Could not find 'generator/generator_schema'" in result.stderr
+    assert "Traceback" not in result.stderr and "generator_schema" not in result.stderr.split("Available options")[1]
+
+
 @pytest.mark.slow
 def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path: Path) -> None:
     args = ["stage=generate", "engine=hf", "generate.count=6", "generate.shard_size=2", "generate.multi_turn.fraction=0",

@@ -248,6 +248,10 @@ def test_pro_sft_twin(twin_outputs: Path, tmp_path: Path, lent_engine) -> None:
     assert (tmp_path / "report.html").exists()
 
 
+def tagged_records(outcome: dict) -> int:
+    return json.loads((Path(outcome["steps"][1]["folder"]) / "stats.json").read_text())["records"]
+
+
 @pytest.mark.slow
 def test_pro_dpo_twin_end_to_end(twin_outputs: Path, tmp_path: Path, lent_engine, wandb_offline,
                                  tiny_reward_model) -> None:
@@ -289,6 +293,10 @@ def test_pro_dpo_twin_end_to_end(twin_outputs: Path, tmp_path: Path, lent_engine
     assert "IFEval prompt strict" in dom and "MT-Bench (1-10)" in dom and "data:image/png;base64" in dom
     for model in ("generator", "sft", "dpo"):
         assert f"<td>{model}</td>" in dom
+    # decontamination runs in the loop and says what it checked against
+    tagged = json.loads((Path(outcome["steps"][1]["folder"]) / "stats.json").read_text())["decontam"]
+    assert tagged["checked"] == tagged_records(outcome) and {"ifeval", "mt_bench", "arena_hard"} <= set(tagged["against"])
+    assert 'id="decontam"' in dom and "match an evaluation prompt" in dom and "ifeval (541 prompts)" in dom
 
     # the same run again: every stage is a cache hit, with the same scores
     again = run_pipeline(schema(*overrides), run_dir)
@@ -328,7 +336,8 @@ def test_submitit_local_sweep(tmp_path: Path) -> None:
     """hydra-submitit-launcher's local executor runs sweep members as separate processes."""
     rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"Question {i}?"},
                                          {"role": "assistant", "content": "An answer. " * (i + 1)}],
-             "tags": {"language": "EN" if i % 2 else "FR", "safety": "safe", "reward": float(i)}} for i in range(6)]
+             "tags": {"language": "EN" if i % 2 else "FR", "safety": "safe", "reward": float(i), "contaminated": False}}
+            for i in range(6)]
     data = tmp_path / "tagged.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     env = {**os.environ, "MAGPIE_EXP_CACHE": str(CACHE)}
@@ -340,3 +349,69 @@ def test_submitit_local_sweep(tmp_path: Path) -> None:
     kept = sorted(json.loads((s / "stats.json").read_text())["kept"] for s in (tmp_path / "out" / "stages" / "curate").iterdir())
     assert kept == [3, 6]
     assert list((tmp_path / "sweep").rglob("*_submitted.pkl")) or list((tmp_path / "sweep").rglob(".submitit"))
+
+
+@pytest.mark.slow
+def test_parallel_sweep_members_share_one_upstream_folder(tmp_path: Path) -> None:
+    """Three members at once (submitit's local launcher) need the same tag folder: one writes it, held mid-write
+    by a pause, while the other two wait for it and then read it. All finish; the folder is written once, nothing
+    in it changes after it is complete, and no temporary file is lost or left behind."""
+    rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"Question {i} about topic {i * 7}?"},
+                                         {"role": "assistant", "content": "An answer. " * (i + 1)}]} for i in range(12)]
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # the first shard a process writes holds it for 8 s: the tag folder's writer (the readers pause later, in curate)
+    env = {**os.environ, "MAGPIE_EXP_CACHE": str(CACHE), "MAGPIE_EXP_FAILPOINT": "shard.written:1:pause=8"}
+    out = subprocess.run([sys.executable, "-m", "magpie_exp.cli", "-m", "hydra/launcher=local",
+                          "hydra.launcher.cpus_per_task=1", "pipeline.stages=[tag,curate]", f"input={data}",
+                          "tag.taggers=[length]", "tag.plots=false", "curate=none", "curate.dedup=false",
+                          "curate.select.by=response_length", "curate.select.count=3,6,9", "tracker.type=none",
+                          f"paths.outputs={tmp_path / 'out'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    tag_dirs = list((tmp_path / "out" / "stages" / "tag").iterdir())
+    assert len(tag_dirs) == 1
+    tag_dir = tag_dirs[0]
+    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "sweep").rglob("magpie-exp.log"))  # Hydra's job logs
+    assert logs.count("is being written by another job") >= 2, logs[-3000:]  # both waited: they did overlap
+    assert logs.count("cache hit: tag stage") == 2, logs[-3000:]  # ... and then only read what the writer made
+    assert json.loads((tag_dir / "manifest.json").read_text())["complete"]
+    assert not [p for p in tag_dir.rglob("*") if ".tmp-" in p.name]
+
+    def snapshot() -> dict[str, tuple[bytes, int]]:
+        return {str(p.relative_to(tag_dir)): (p.read_bytes(), p.stat().st_mtime_ns) for p in tag_dir.rglob("*") if p.is_file()}
+
+    before = snapshot()
+    again = subprocess.run([sys.executable, "-m", "magpie_exp.cli", "stage=curate", f"input={tag_dir}", "curate=none",
+                            "curate.dedup=false", "curate.select.count=4", "tracker.type=none",
+                            f"paths.outputs={tmp_path / 'out'}"], cwd=tmp_path, capture_output=True, text=True,
+                           env={k: v for k, v in env.items() if k != "MAGPIE_EXP_FAILPOINT"}, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert snapshot() == before  # reading it again changes no byte and no timestamp
+    kept = sorted(json.loads((c / "stats.json").read_text())["kept"] for c in (tmp_path / "out" / "stages" / "curate").iterdir())
+    assert kept == [3, 4, 6, 9]  # the three members and the reading run
+    from magpie_exp.shards import ShardStore
+
+    assert ShardStore.open(tag_dir).verify() == []
+
+
+def test_a_failed_sweep_member_is_listed_and_the_others_run(tmp_path: Path, monkeypatch, capfd) -> None:
+    """One member's bad value fails that member only: the others run, index.html lists it as failed with its one
+    line, and the command exits with the member's code (2) at the end."""
+    rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"Question {i}?"},
+                                         {"role": "assistant", "content": "An answer. " * (i + 1)}],
+             "tags": {"response_length": 11 * (i + 1)}} for i in range(6)]
+    data = tmp_path / "tagged.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sweep = tmp_path / "sweep"
+    with pytest.raises(SystemExit) as exit_info:
+        _hydra(["-m", "pipeline.stages=[curate]", f"input={data}", "curate=none", "curate.dedup=false",
+                "curate.select.count=0,3", "tracker.type=none", f"paths.outputs={tmp_path / 'out'}",
+                f"hydra.sweep.dir={sweep}"], monkeypatch)
+    assert exit_info.value.code == 2
+    err = capfd.readouterr().err
+    assert "curate.select.count must be >= 1 or null; got 0" in err and "1 sweep member(s) failed (0)" in err
+    assert json.loads((sweep / "0" / "failed.json").read_text())["exit_code"] == 2
+    assert [s["step"] for s in _jobs(sweep)[0]["steps"]] == ["curate"]  # member 1 ran
+    page = (sweep / "index.html").read_text()
+    assert "failed: curate.select.count must be &gt;= 1 or null; got 0" in page and "<td>finished</td>" in page

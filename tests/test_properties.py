@@ -3,7 +3,9 @@ and the template cutter. The sanitizer's property test is in test_sanitize.py.""
 
 from __future__ import annotations
 
+import functools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -128,3 +130,104 @@ def test_next_user_prefix_is_a_prefix_of_every_continuation_or_a_template_error(
         assert render([*history, {"role": "user", "content": text}], True).startswith(prefix)
 
     check()
+
+
+# Curate on arbitrary tag tables: duplicate ids, null and missing tags under every operator, values of the wrong
+# type. Either one ConfigError naming the record (or both lines of a repeated id), or an output in which every
+# kept record passes every rule on a real value and every input record is kept or dropped exactly once.
+TAG_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-20, 20), st.floats(-20, 20, allow_nan=False),
+                      st.sampled_from(["safe", "unsafe", "good", "poor", "EN", "x"]))
+CURATE_RULES = [("reward", ">", -5), ("reward", "<=", 10), ("safety", "!=", "unsafe"), ("safety", "==", "safe"),
+                ("language", "in", ["EN", "FR"]), ("language", "not_in", ["ZH"]), ("input_quality", ">=", "average"),
+                ("contaminated", "is_false", None), ("language", "regex", "^E")]
+TAG_ROW = st.fixed_dictionaries({"id": st.sampled_from(["a", "b", "c", "d", "e", "f"])},
+                                optional={name: TAG_VALUE for name in ("reward", "safety", "language", "input_quality",
+                                                                       "contaminated")})
+
+
+def _first_problem(rows: list[dict], rules: list[tuple]) -> str | None:
+    """What curate must refuse first, reading the rows in order: a rule field no record carries (checked before
+    any record), then a repeated id or a value a rule cannot read, whichever comes first."""
+    from magpie_exp.labels import CATEGORICAL, ORDINAL
+
+    for field, _, _ in rules:
+        if not any(field in row for row in rows):
+            return f"reads '{field}', which none of the first"
+    seen = set()
+    for row in rows:
+        if row["id"] in seen:
+            return f"record id '{row['id']}' appears twice"
+        seen.add(row["id"])
+        for field, op, _ in rules:
+            v = row.get(field)
+            if v is None:
+                continue
+            labels = ORDINAL.get(field) or CATEGORICAL.get(field)
+            numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if (labels and op not in ("regex", "not_regex") and v not in labels) or (
+                    not labels and op in (">", "<=") and not numeric) or (op == "is_false" and not isinstance(v, bool)):
+                return f"curate: record {row['id']} has {field}="
+    return None
+
+
+@functools.cache
+def _curate_base():
+    from conftest import schema
+
+    return schema("curate=none", "curate.dedup=false", "curate.export=[messages]")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(TAG_ROW, min_size=1, max_size=6), rules=st.lists(st.sampled_from(CURATE_RULES), min_size=1,
+                                                                      max_size=3, unique_by=lambda r: (r[0], r[1])))
+def test_curate_keeps_only_what_passes_on_real_values_or_says_why_not(tmp_path_factory, rows, rules) -> None:
+    from magpie_exp.config import Rule
+    from magpie_exp.curate import run_curate
+    from magpie_exp.labels import CATEGORICAL, ORDINAL
+
+    tmp = tmp_path_factory.mktemp("curate")
+    data = tmp / "tagged.jsonl"
+    with data.open("w") as handle:
+        for row in rows:
+            tags = {k: v for k, v in row.items() if k != "id"}
+            handle.write(json.dumps({"id": row["id"], "messages": [{"role": "user", "content": f"q {row['id']}"},
+                                                                   {"role": "assistant", "content": "a"}],
+                                     "tags": tags}) + "\n")
+    base = _curate_base()
+    cfg = replace(base, input=str(data), paths=replace(base.paths, outputs=str(tmp / "out")),
+                  curate=replace(base.curate, rules=[Rule(field=f, op=o, value=v) for f, o, v in rules]))
+    expected = _first_problem(rows, rules)
+    try:
+        result = run_curate(cfg, show_progress=False)
+    except ConfigError as exc:
+        assert expected is not None and expected in str(exc), (expected, str(exc))
+        return
+    assert expected is None, expected
+    kept = {json.loads(line)["id"] for line in open(result.exports["messages"])}
+    assert result.stats["kept"] + sum(result.stats["dropped"].values()) == len(rows)
+    for row in rows:
+        passes = True
+        for field, op, value in rules:
+            v = row.get(field)
+            if v is None:
+                passes = False
+                continue
+            labels = ORDINAL.get(field) or CATEGORICAL.get(field)
+            assert labels is None or op in ("regex", "not_regex") or v in labels  # else it was an error
+            if op in (">", "<="):
+                assert isinstance(v, (int, float)) and not isinstance(v, bool)
+                passes &= (v > value) if op == ">" else (v <= value)
+            elif op == ">=":
+                passes &= labels.index(v) >= labels.index(value)
+            elif op in ("==", "!="):
+                passes &= (v == value) == (op == "==")
+            elif op in ("in", "not_in"):
+                passes &= (v in value) == (op == "in")
+            elif op == "is_false":
+                assert isinstance(v, bool)
+                passes &= v is False
+            else:
+                import re
+
+                passes &= re.search(value, str(v)) is not None
+        assert (row["id"] in kept) == passes, (row, rules)

@@ -128,3 +128,51 @@ def test_a_bad_line_fails_before_any_record_is_processed(tmp_path) -> None:
     with pytest.raises(ConfigError, match="in.jsonl line 1501 is not JSON"):
         run_tag(cfg, show_progress=False)
     assert not list((tmp_path / "out").rglob("*.jsonl"))  # nothing was tagged
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from magpie_exp.shards import ShardStore
+root = Path(sys.argv[1])
+store = ShardStore(root, "tag", "h1", {})
+store.write_shard("s0", [{"id": "a"}])
+flight = root / "shards" / ".s1.jsonl.tmp-999"  # a shard in flight, as a writer leaves it mid-write
+flight.write_text("partial")
+print("writing", flush=True)
+time.sleep(float(sys.argv[2]))
+flight.unlink()  # raises if another job cleaned it up
+store.write_shard("s1", [{"id": "b"}])
+store.mark_complete()
+"""
+
+
+def test_a_folder_being_written_is_reported_to_readers_and_waited_for_by_writers(tmp_path) -> None:
+    """One writer per stage folder: a reader is told who is writing it (one line), a second writer waits and
+    then finds it complete, and nobody removes the first writer's temporary files."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import schema
+    from magpie_exp.config import ConfigError
+    from magpie_exp.shards import writer_of
+    from magpie_exp.stages import open_input
+
+    root = tmp_path / "tag" / "h1"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(root), "3"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "writing"
+        assert writer_of(root) == f"pid {holder.pid}"
+        with pytest.raises(ConfigError, match=rf"'{root}' is being written by another job \(pid {holder.pid}\); run "
+                                              "this again when it has finished"):
+            open_input(schema(f"input={root}", "stage=curate"), "curate", lambda: root)
+        start = time.perf_counter()
+        second = ShardStore(root, "tag", "h1", {})  # waits for the first writer
+        waited = time.perf_counter() - start
+    finally:
+        holder.wait(timeout=60)
+    assert holder.returncode == 0  # its temporary file was still there for it
+    assert waited > 1.0 and second.complete and sorted(second.done()) == ["s0", "s1"]
+    assert writer_of(root) is None
+    assert [r["id"] for r in open_input(schema(f"input={root}", "stage=curate"), "curate", lambda: root).records()] == ["a", "b"]

@@ -1,0 +1,41 @@
+"""A deterministic engine for fast tests of stage logic: what it writes is a pure function of the prompt.
+
+It runs no model. ``script(prompt_text, sampling, k)`` gives the k-th completion of a request as its text, or
+as ``(text, finish_reason)``; the prompt is the request's token ids decoded by the model's real tokenizer, so a
+stage's templates, stops and bookkeeping are exercised exactly as with vLLM. Every path a user runs keeps its
+real-model test beside the fast ones built on this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from magpie_exp.engines import Completion, Engine, EngineInfo, Request, SamplingSpec
+
+Script = Callable[[str, SamplingSpec, int], "str | tuple[str, str]"]
+
+
+class FakeEngine(Engine):
+    def __init__(self, tokenizer: Any, script: Script, name: str = "fake") -> None:
+        self.tokenizer, self.script = tokenizer, script
+        self.info = EngineInfo("fake", "0", name)
+        self.prompts: list[str] = []  # every prompt it was given, in order (tests read them)
+        self.specs: list[SamplingSpec] = []  # ... and its sampling
+
+    def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
+        out = []
+        for request in requests:
+            prompt = self.tokenizer.decode(request.prompt_token_ids, skip_special_tokens=False)
+            self.prompts.append(prompt)
+            self.specs.append(request.sampling)
+            completions = []
+            for k in range(request.sampling.n):
+                answer = self.script(prompt, request.sampling, k)
+                text, finish = answer if isinstance(answer, tuple) else (answer, "stop")
+                tokens = len(self.tokenizer.encode(text, add_special_tokens=False))
+                if finish == "stop" and tokens > request.sampling.max_tokens:
+                    finish = "length"  # as a real engine would have stopped it
+                completions.append(Completion(text, tokens, finish))
+            out.append(completions)
+        return out

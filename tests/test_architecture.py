@@ -1,0 +1,120 @@
+"""The shape of the package, checked on every run: its import graph (function-local imports included, imports
+under ``if TYPE_CHECKING:`` and a submodule's import of its own package left out) has no cycle, the config imports no stage, and nothing imports the CLI
+or, except the CLI, the pipeline."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from conftest import REPO
+
+PACKAGE = REPO / "magpie_exp"
+STAGE_MODULES = {"magpie_exp.generate", "magpie_exp.tag", "magpie_exp.curate", "magpie_exp.pair", "magpie_exp.train",
+                 "magpie_exp.evaluate"}
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, modules: set[str]) -> set[str]:
+    tree = ast.parse(path.read_text())
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip |= {id(n) for child in node.body for n in ast.walk(child)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+                 if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+        found |= {n for n in names if n in modules}
+    me = _module(path)
+    # a package's __init__ runs whenever one of its submodules is imported: not an edge to the package's face
+    return {m for m in found if m != me and not me.startswith(m + ".")}
+
+
+def graph() -> dict[str, set[str]]:
+    files = sorted(PACKAGE.rglob("*.py"))
+    modules = {_module(f) for f in files}
+    return {_module(f): _imports(f, modules) for f in files}
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_import_graph_has_no_cycle() -> None:
+    assert _cycles(graph()) == []
+
+
+def test_the_checker_finds_a_planted_cycle() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_config_imports_no_stage_and_nothing_imports_the_cli_or_the_pipeline() -> None:
+    edges = graph()
+    assert "magpie_exp.config" in edges and not edges["magpie_exp.config"] & STAGE_MODULES
+    assert [m for m, deps in edges.items() if "magpie_exp.cli" in deps] == []
+    assert [m for m, deps in edges.items() if "magpie_exp.pipeline" in deps] == ["magpie_exp.cli"]
+
+
+def test_schema_defaults_agree_with_config_yaml() -> None:
+    """One source of truth: a value set in conf/config.yaml is the schema's default too (a MagpieConfig built in
+    Python is the command's default run)."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from magpie_exp.config import MagpieConfig
+
+    raw = yaml.safe_load((REPO / "conf" / "config.yaml").read_text())
+    for key in ("defaults", "hydra"):
+        raw.pop(key)
+    schema = OmegaConf.to_container(OmegaConf.structured(MagpieConfig), resolve=False)
+    disagree = []
+
+    def walk(yaml_value, schema_value, path: str) -> None:
+        if isinstance(yaml_value, dict):
+            for k, v in yaml_value.items():
+                assert k in schema_value, f"{path}{k} is in config.yaml but not in the schema"
+                walk(v, schema_value[k], f"{path}{k}.")
+        elif not (isinstance(yaml_value, str) and yaml_value.startswith("${")) and yaml_value != schema_value:
+            disagree.append(f"{path[:-1]}: yaml {yaml_value!r}, schema {schema_value!r}")
+
+    walk(raw, schema, "")
+    assert disagree == []

