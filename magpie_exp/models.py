@@ -8,7 +8,7 @@
 * a hub id such as ``meta-llama/Meta-Llama-3-8B-Instruct``, handed to vLLM / transformers unchanged.
 
 Nothing is fetched from a model hub for an embedded model. The conversion works around two facts found on
-transformers 5.19 (DESIGN.md): a GGUF-loaded model keeps a GGUF quantizer that refuses ``save_pretrained``, so
+transformers 5.19: a GGUF-loaded model keeps a GGUF quantizer that refuses ``save_pretrained``, so
 a plain model is rebuilt from its config and the de-quantized weights are copied in.
 """
 

@@ -147,7 +147,7 @@ def write_run_report(run_dir: Path, cfg: Any, records: list[Any], scores: dict[s
                      failed: bool = False) -> Path:
     """Write ``report.html`` for one pipeline run; returns its path."""
     from magpie_exp.config import as_plain
-    from magpie_exp.evaluate import results_table
+    from magpie_exp.tables import results_table
     from magpie_exp.tracking import scrub
 
     steps = {r.step: r for r in records}
@@ -228,10 +228,10 @@ def write_run_report(run_dir: Path, cfg: Any, records: list[Any], scores: dict[s
 
 def write_sweep_report(sweep_dir: Path) -> Path | None:
     """``index.html`` in a sweep folder: each job's overrides, stage cache hits and scores, linked to its report."""
-    from magpie_exp.evaluate import results_table
+    from magpie_exp.tables import results_table
 
     jobs = []
-    folders = {p.parent for name in ("pipeline.json", "failed.json") for p in sweep_dir.glob(f"*/{name}")}
+    folders = {p.parent for name in ("pipeline.json", "stages.json", "failed.json") for p in sweep_dir.glob(f"*/{name}")}
     for job in sorted(folders, key=lambda p: (len(p.name), p.name)):
         overrides_file = job / ".hydra" / "overrides.yaml"
         overrides = []
@@ -239,20 +239,20 @@ def write_sweep_report(sweep_dir: Path) -> Path | None:
             import yaml
 
             overrides = [o for o in yaml.safe_load(overrides_file.read_text()) or [] if not o.startswith("paths.")]
-        data = json.loads((job / "pipeline.json").read_text()) if (job / "pipeline.json").exists() else {"steps": []}
+        data = json.loads((job / "pipeline.json").read_text()) if (job / "pipeline.json").exists() else None
         failed = json.loads((job / "failed.json").read_text()) if (job / "failed.json").exists() else None
         jobs.append((job, overrides, data, failed))
     if not jobs:
         return None
     rows, results = [], []
     for job, overrides, data, failed in jobs:
-        hits = [s["step"] for s in data["steps"] if s["cache_hit"]]
+        hits = [s["step"] for s in data["steps"] if s["cache_hit"]] if data else None
         report = job / "report.html"
         rows.append({"job": job.name, "overrides": " ".join(overrides),
                      "status": f"failed: {failed['error']}" if failed else "finished",
-                     "cache hits": ", ".join(hits) or "none",
+                     "cache hits": "-" if hits is None else ", ".join(hits) or "none",  # "-": a one-stage job
                      "report": report.relative_to(sweep_dir).as_posix() if report.exists() else ""})
-        for label, scores in data.get("scores", {}).items():
+        for label, scores in (data or {}).get("scores", {}).items():
             results.append({"model": f"{job.name}: {' '.join(overrides)} [{label}]", "benchmarks": scores})
     table = _table(rows)
     for row in rows:  # make the report column a link

@@ -118,3 +118,21 @@ def test_schema_defaults_agree_with_config_yaml() -> None:
 
     walk(raw, schema, "")
     assert disagree == []
+
+
+def test_the_readme_tree_lists_every_module_and_nothing_else() -> None:
+    """The README's annotated tree names every module of the package and every benchmark script, each once, and
+    no file that does not exist."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("## Tree", 1)[1].split("```", 2)[1]
+    listed: dict[str, list[str]] = {"magpie_exp": [], "benchmarks": []}
+    folder = None
+    for line in block.splitlines():
+        if line and not line.startswith(" "):
+            folder = line.split()[0].rstrip("/")
+        elif folder in listed and line.startswith("  ") and line.split()[0].endswith(".py"):
+            listed[folder].append(line.split()[0])
+    for name, entries in listed.items():
+        files = sorted(p.relative_to(REPO / name).as_posix() for p in (REPO / name).rglob("*.py")
+                       if p.name != "__init__.py" or p.parent != REPO / name)
+        assert sorted(entries) == files, name

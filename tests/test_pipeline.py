@@ -349,6 +349,8 @@ def test_submitit_local_sweep(tmp_path: Path) -> None:
     kept = sorted(json.loads((s / "stats.json").read_text())["kept"] for s in (tmp_path / "out" / "stages" / "curate").iterdir())
     assert kept == [3, 6]
     assert list((tmp_path / "sweep").rglob("*_submitted.pkl")) or list((tmp_path / "sweep").rglob(".submitit"))
+    page = (tmp_path / "sweep" / "index.html").read_text()  # one-stage members are listed too
+    assert page.count("<td>finished</td>") == 2 and "curate=english-safe" in page
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 
 On a CPU without native bf16 (AVX2-only, e.g. AMD Zen 3) bf16 matmuls are emulated and vLLM runs about 4x
 slower than in float32 (measured here: 22 vs 89 tokens/s on SmolLM2-135M); with avx512_bf16 or AMX, bf16 is
-the faster one (DESIGN.md). ``engine.dtype=auto`` and ``sft|dpo.precision=auto`` pick accordingly.
+the faster one. ``engine.dtype=auto`` and ``sft|dpo.precision=auto`` pick accordingly.
 
 ``MAGPIE_EXP_CPU_BF16=1`` (or ``0``) makes the CPU count as having (or lacking) native bf16 whatever its flags
 say: the tests use it to run the other precision path on either kind of CPU (bf16 is then emulated, slow but

@@ -3,7 +3,7 @@
 Requests with identical sampling settings are expanded to ``n`` rows each and batched with left padding. HF
 keeps stepping finished rows until the longest row is done, so token counts here count only useful tokens, up
 to the first stop. On a 2-core CPU use bf16 and one thread (``engine.num_threads``): two threads collapse as
-soon as anything else runs (DESIGN.md).
+soon as anything else runs (measured on SmolLM2-135M on this project's 2-core machines).
 """
 
 from __future__ import annotations
