@@ -42,6 +42,7 @@ MANIFEST = "manifest.json"
 
 
 _HELD: dict[str, int] = {}  # stage folder -> file descriptor of the writer lock this process holds
+_UNLOCKABLE: set[str] = set()  # folders on a filesystem that refused flock (warned once)
 
 
 def acquire_writer(root: Path) -> None:
@@ -57,6 +58,12 @@ def acquire_writer(root: Path) -> None:
     except BlockingIOError:
         log.warning("%s is being written by another job (%s); waiting for it to finish", root, _holder(root))
         fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:  # a filesystem without flock (some NFS mounts): write unguarded, and say so once
+        os.close(fd)
+        if not _UNLOCKABLE:
+            log.warning("cannot lock %s (%s): parallel jobs must not write the same stage folder here", root, exc)
+        _UNLOCKABLE.add(key)
+        return
     except BaseException:
         os.close(fd)
         raise
@@ -107,6 +114,8 @@ def writer_of(root: Path) -> str | None:
         return None
     except BlockingIOError:
         return _holder(root)
+    except OSError:  # no flock on this filesystem: nobody can be seen writing
+        return None
     finally:
         os.close(fd)
 

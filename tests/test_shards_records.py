@@ -176,3 +176,22 @@ def test_a_folder_being_written_is_reported_to_readers_and_waited_for_by_writers
     assert waited > 1.0 and second.complete and sorted(second.done()) == ["s0", "s1"]
     assert writer_of(root) is None
     assert [r["id"] for r in open_input(schema(f"input={root}", "stage=curate"), "curate", lambda: root).records()] == ["a", "b"]
+
+
+def test_a_filesystem_without_flock_writes_unguarded_with_a_warning(tmp_path, monkeypatch, caplog) -> None:
+    """Some NFS mounts refuse flock (ENOLCK): the stage still runs, and says once that parallel jobs must not
+    share its folders there."""
+    import errno
+
+    from magpie_exp import shards
+
+    def refuse(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(shards.fcntl, "flock", refuse)
+    monkeypatch.setattr(shards, "_UNLOCKABLE", set())
+    store = ShardStore(tmp_path / "s", "tag", "h", {})
+    store.write_shard("s0", [{"id": "a"}])
+    store.mark_complete()
+    assert store.complete and shards.writer_of(tmp_path / "s") is None
+    assert "cannot lock" in caplog.text and "No locks available" in caplog.text
