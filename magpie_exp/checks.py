@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from magpie_exp.config import MagpieConfig, to_schema, validate
+from magpie_exp.config import MagpieConfig, to_schema
 from magpie_exp.curate import check_curate_config
 from magpie_exp.evaluate import check_evaluation_config
 from magpie_exp.tag import check_tag_config
@@ -24,4 +24,4 @@ def check_stages(cfg: MagpieConfig) -> MagpieConfig:
 
 def checked(raw: Any) -> MagpieConfig:
     """A composed DictConfig (or a ``MagpieConfig``) as checked dataclasses: schema, values, then the stages'."""
-    return check_stages(to_schema(raw) if not isinstance(raw, MagpieConfig) else validate(raw))
+    return check_stages(to_schema(raw))  # to_schema validates a MagpieConfig as it is

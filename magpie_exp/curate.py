@@ -27,7 +27,7 @@ from magpie_exp.labels import CATEGORICAL, ORDINAL
 from magpie_exp.records import EXPORT_FILES, EXPORT_FORMATS, Record, export_records, write_jsonl
 from magpie_exp.shards import ShardStore
 from magpie_exp.stages import StageInput, StageResult, check_writable, config_hash, open_input, stage_folder
-from magpie_exp.taggers import first_exchange
+from magpie_exp.taggers import DecontamTagger, first_exchange
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,7 @@ FIELD_TAGGER = {
     "base_reward": "base_reward", "reward_difference": "base_reward", "language": "language",
     "instruction_length": "length", "response_length": "length", "instruction_tokens": "length",
     "response_tokens": "length", "min_neighbor_distance": "embedding", "repeat_count": "embedding",
-    "near_dup_keep": "embedding", "near_dup_cluster": "embedding", "contaminated": "decontam",
-    "contam_benchmark": "decontam", "contam_item": "decontam", "contam_ngram_overlap": "decontam",
-    "contam_similarity": "decontam", "contam_method": "decontam",
+    "near_dup_keep": "embedding", "near_dup_cluster": "embedding", **dict.fromkeys(DecontamTagger.fields, "decontam"),
 }
 DECONTAM_RULE = Rule(field="contaminated", op="is_false", name="decontam: matches an evaluation prompt")
 _MISSING = object()

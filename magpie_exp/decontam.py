@@ -223,19 +223,24 @@ def prompt_vectors(prompts: Sequence[Prompt], encode: Callable[[list[str]], np.n
     return vectors
 
 
-def summary(records: Sequence[dict[str, Any]] | Any) -> dict[str, Any]:
-    """Counts over tagged records: contaminated, by benchmark, by method."""
-    by_benchmark: Counter = Counter()
-    by_method: Counter = Counter()
-    checked = contaminated = 0
-    for record in records:
-        tags = record.get("tags") or {}
+class Counts:
+    """Counts over tagged records, gathered in the tag stage's one pass over its output: checked, contaminated, by
+    benchmark, by method."""
+
+    def __init__(self) -> None:
+        self.checked = self.contaminated = 0
+        self.by_benchmark: Counter = Counter()
+        self.by_method: Counter = Counter()
+
+    def add(self, tags: dict[str, Any]) -> None:
         if tags.get("contaminated") is None:
-            continue
-        checked += 1
+            return
+        self.checked += 1
         if tags["contaminated"]:
-            contaminated += 1
-            by_benchmark[tags.get("contam_benchmark")] += 1
-            by_method[tags.get("contam_method")] += 1
-    return {"checked": checked, "contaminated": contaminated, "by_benchmark": dict(by_benchmark.most_common()),
-            "by_method": dict(by_method.most_common())}
+            self.contaminated += 1
+            self.by_benchmark[tags.get("contam_benchmark")] += 1
+            self.by_method[tags.get("contam_method")] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"checked": self.checked, "contaminated": self.contaminated,
+                "by_benchmark": dict(self.by_benchmark.most_common()), "by_method": dict(self.by_method.most_common())}

@@ -29,7 +29,7 @@ import numpy as np
 
 from magpie_exp import __version__
 from magpie_exp.config import ConfigError, MagpieConfig, as_plain, validate_engine
-from magpie_exp.decontam import BENCHMARKS
+from magpie_exp.decontam import BENCHMARKS, Counts
 from magpie_exp.engines import Engine
 from magpie_exp.labels import DIFFICULTY, QUALITY
 from magpie_exp.records import EXPORT_FILES, Record, export_records
@@ -239,9 +239,12 @@ def aggregate(final: ShardStore, timings: dict[str, Any], taggers: list[str]) ->
     numeric: dict[str, list[float]] = {k: [] for k in ("reward", "base_reward", "reward_difference", "judge_score",
                                                        "min_neighbor_distance", "response_length", "instruction_length")}
     records = dups = 0
+    contamination = Counts() if "decontam" in taggers else None
     for record in final.records():
         records += 1
         tags = record["tags"]
+        if contamination is not None:
+            contamination.add(tags)
         for key, counter in counts.items():
             if key in tags:
                 counter[str(tags[key])] += 1
@@ -256,7 +259,7 @@ def aggregate(final: ShardStore, timings: dict[str, Any], taggers: list[str]) ->
                for k, v in numeric.items() if v}
     return {"records": records, "taggers": taggers, "labels": {k: dict(v.most_common()) for k, v in counts.items() if v},
             "failures": dict(sorted(errors.items())), "numeric": summary, "near_duplicates_dropped_by_dedup": dups,
-            "timings": timings}
+            "timings": timings, **({"decontam": contamination.as_dict()} if contamination is not None else {})}
 
 
 def run_tag(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, stage_dir: Path | None = None,
@@ -298,10 +301,8 @@ def run_tag(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, stage_d
     stats["code_version"] = __version__
     decontam = next((t for t in stage.taggers if isinstance(t, DecontamTagger)), None)
     if decontam is not None:
-        from magpie_exp.decontam import summary
-
         _, against, unchecked = decontam.sources()
-        stats["decontam"] = {**summary(final.records()), "against": against, "unchecked": unchecked}
+        stats["decontam"].update(against=against, unchecked=unchecked)
         log.info("decontam: %d of %d records match an evaluation prompt %s", stats["decontam"]["contaminated"],
                  stats["records"], stats["decontam"]["by_benchmark"] or "")
     (stage_dir / "stats.json").write_text(json.dumps(stats, indent=1))
