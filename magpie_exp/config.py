@@ -124,6 +124,7 @@ class GenerateConfig:
     grid: list[GridCell] = field(default_factory=list)  # instruction sampling grid (paper Table 7)
     samples_per_request: int = 64  # n samples per engine request from the one shared prefix
     shard_size: int = 24  # records per shard: the unit of resume and of parallel work
+    engine_batch: int = 256  # records made side by side (several shards) per engine call; the shard stays the unit of resume
     oversample: float = 1.3  # sample this multiple of the missing count each round (drops get replaced)
     max_rounds: int = 8  # rounds per shard before giving up on filling it
     system_prompts: list[SystemPrompt] = field(default_factory=list)  # control tasks; empty = template default
@@ -505,6 +506,7 @@ def validate(cfg: MagpieConfig) -> MagpieConfig:
     g = cfg.generate
     _check(g.samples_per_request >= 1, f"generate.samples_per_request must be >= 1; got {g.samples_per_request}")
     _check(g.shard_size >= 1, f"generate.shard_size must be >= 1; got {g.shard_size}")
+    _check(g.engine_batch >= 1, f"generate.engine_batch must be >= 1 (records per engine call); got {g.engine_batch}")
     _check(g.oversample >= 1.0, f"generate.oversample must be >= 1.0; got {g.oversample}")
     _check(g.max_rounds >= 1, f"generate.max_rounds must be >= 1; got {g.max_rounds}")
     if g.grid:

@@ -112,15 +112,24 @@ def _compare(op: str, value: Any, target: Any, labels: tuple[str, ...] | None) -
     return {">": value > target, ">=": value >= target, "<": value < target, "<=": value <= target}[op]
 
 
+def _why_untagged(record: Record, field: str) -> str:
+    """'the quality tagger failed (invalid_json)' where the tag stage recorded why, else 'not tagged'."""
+    errors = (record.get("tags") or {}).get("errors")
+    tagger = FIELD_TAGGER.get(field)
+    error = errors.get(tagger) if isinstance(errors, dict) and tagger else None
+    return f"the {tagger} tagger failed ({str(error).split(':')[0]})" if error else "not tagged"
+
+
 def failed_rules(record: Record, rules: list[Rule]) -> list[str]:
     """Names of the rules the record fails. A missing or null field fails every rule that reads it, as
-    '<rule>: not tagged' (a tag that failed is never a pass, whatever the operator); a value of the wrong type, or
-    outside the field's label set, is an error naming the record, the field and the value."""
+    '<rule>: the <tagger> tagger failed (<reason>)' or '<rule>: not tagged' (a tag that failed is never a pass,
+    whatever the operator); a value of the wrong type, or outside the field's label set, is an error naming the
+    record, the field and the value."""
     failed = []
     for rule in rules:
         value = field_value(record, rule.field)
         if value is _MISSING or value is None:
-            failed.append(f"{rule_name(rule)}: not tagged")
+            failed.append(f"{rule_name(rule)}: {_why_untagged(record, rule.field)}")
             continue
         labels = ORDINAL.get(rule.field)
         known = labels or CATEGORICAL.get(rule.field)

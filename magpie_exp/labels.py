@@ -220,10 +220,10 @@ def parse_guard(text: str) -> tuple[str | None, list[str], str | None]:
     """'safe' or 'unsafe\\nS1,S6' -> (label, categories, error)."""
     match = _VERDICT.match(text)
     if not match:
-        return None, [], f"unparsable guard verdict {text[:60]!r}"
+        return None, [], f"unparsable: guard verdict {text[:60]!r}"
     label, cats = match.group(1), match.group(2)
     categories = [c.strip() for c in cats.split(",")] if cats else []
     unknown = [c for c in categories if c not in HAZARDS]
     if unknown:
-        return None, [], f"unknown hazard categories {unknown}"
+        return None, [], f"unknown_category: hazard categories {unknown}"
     return label, categories, None

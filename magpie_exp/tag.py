@@ -352,6 +352,8 @@ def check_tag_config(cfg: MagpieConfig) -> None:
          "tag.taggers has base_reward (reward difference) without reward; add reward to tag.taggers")
     need(t.batch_size >= 1, f"tag.batch_size must be >= 1; got {t.batch_size}")
     need(t.judge_max_tokens >= 16, f"tag.judge_max_tokens must be >= 16; got {t.judge_max_tokens}")
+    need(t.explanation_chars >= 1,
+         f"tag.explanation_chars must be >= 1 (characters per free-text judge field); got {t.explanation_chars}")
     need(t.reward_model.batch_size >= 1, f"tag.reward_model.batch_size must be >= 1; got {t.reward_model.batch_size}")
     d = t.dedup
     need(0 < d.threshold <= 4, f"tag.dedup.threshold is a squared L2 distance between unit vectors, in (0, 4]; got {d.threshold}")

@@ -1,7 +1,7 @@
 """Taggers: each adds named fields to ``record["tags"]`` for a batch of records, and says how each one went.
 
 A tagger returns one dict per record: its fields (``None`` where it failed) and, on failure, ``_error`` with
-the reason ("truncated", "invalid_json: ...", "schema: ...", "unparsable guard verdict ..."). Failures are
+the reason ("truncated", "invalid_json: ...", "schema: ...", "unparsable: guard verdict ..."). Failures are
 counted by the stage and kept in ``tags.errors``; they are never turned into a label.
 
 Tags describe the first exchange of a conversation (first user turn and its answer), as the official tags do.

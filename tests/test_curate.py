@@ -86,7 +86,7 @@ def test_drop_reasons_are_named_and_counted(tmp_path: Path) -> None:
         "input_quality >= average": 1,  # r3
         "reward > -12": 1,  # r4
         "near-duplicate (not its cluster's keeper)": 1,  # r5
-        "input_quality >= average: not tagged": 1,  # r7: its quality tag failed, it is not guessed
+        "input_quality >= average: the quality tagger failed (truncated)": 1,  # r7: its tag failed, it is not guessed
         "top 3 by response_length": 3,  # r6, r8, r9
     }
     assert stats["target_count"] == 3 and stats["kept_fraction"] == 0.3

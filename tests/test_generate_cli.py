@@ -34,8 +34,9 @@ def test_sigkill_then_same_command_finishes_with_nothing_lost_or_duplicated(tmp_
     # vLLM start-ups; tests/test_openai_engine.py kills a vLLM server mid-run. In bf16 on every machine (emulated
     # where the CPU has no native bf16): the GPU numerics, where a redone shard need not equal an earlier draw, so
     # what is asserted is what must hold there too: finished shards kept, every record once, none lost.
+    # engine_batch = one shard: shards are written one by one while the run goes on, so there is a moment to kill it
     args = ["stage=generate", "engine=hf", "engine.dtype=auto", "generate.count=20", "generate.shard_size=5",
-            "generate.multi_turn.fraction=0", "generator.instruction.max_tokens=48",
+            "generate.engine_batch=5", "generate.multi_turn.fraction=0", "generator.instruction.max_tokens=48",
             "generator.response.max_tokens=24", "generate.export=[messages]", f"paths.outputs={tmp_path / 'out'}"]
     env = {**os.environ, "MAGPIE_EXP_CACHE": str(CACHE), CPU_BF16_ENV: "1"}
     with (tmp_path / "first.log").open("w") as log:
@@ -181,7 +182,8 @@ def test_a_config_yaml_in_config_dir_is_refused_and_schema_entries_are_not_choic
 
 @pytest.mark.slow
 def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path: Path) -> None:
-    args = ["stage=generate", "engine=hf", "generate.count=6", "generate.shard_size=2", "generate.multi_turn.fraction=0",
+    args = ["stage=generate", "engine=hf", "generate.count=6", "generate.shard_size=2", "generate.engine_batch=2",
+            "generate.multi_turn.fraction=0",
             "generator.instruction.max_tokens=32", "generator.response.max_tokens=16", "generate.export=[messages]",
             f"paths.outputs={tmp_path / 'out'}"]
     env = {**os.environ, "MAGPIE_EXP_CACHE": str(CACHE)}

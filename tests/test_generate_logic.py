@@ -100,3 +100,58 @@ def test_a_resumed_run_redoes_only_the_missing_shard(tmp_path: Path) -> None:
     again = run_generate(cfg, engines={"generator": engine}, show_progress=False)
     assert not again.cache_hit and _records(again) == before  # the same records, nothing lost or duplicated
     assert sum(1 for p in engine.prompts if _is_response(p)) == 6  # one shard's responses, not two
+
+
+def _shared_script(prompt: str, spec, k: int):
+    """As _script, but every request's second sample is one question all shards draw: only the first shard may
+    keep it, so the later shards drop it as a duplicate and need replacement rounds of their own."""
+    if not _is_response(prompt) and k % 4 == 1:
+        return "What question does every shard ask?"
+    return _script(prompt, spec, k)
+
+
+class CountingEngine(FakeEngine):
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.calls: list[int] = []  # requests per engine call
+
+    def generate(self, requests):  # noqa: ANN001, ANN201
+        self.calls.append(len(requests))
+        return super().generate(requests)
+
+
+def test_shards_made_side_by_side_write_the_records_of_shards_made_one_by_one(tmp_path: Path) -> None:
+    """generate.engine_batch draws several shards' requests in one engine call; the records, the shard stats and
+    the exports are byte for byte those of one shard at a time, duplicates across shards and refills included."""
+    common = ["generate.count=24", "generate.shard_size=6", "generate.multi_turn.fraction=0.5"]
+    runs = {}
+    for batch in (1, 24):
+        cfg = _cfg(tmp_path / f"b{batch}", *common, f"generate.engine_batch={batch}")
+        engine = CountingEngine(_tokenizer(cfg), _shared_script)
+        runs[batch] = engine, run_generate(cfg, engines={"generator": engine}, show_progress=False)
+    (one, alone), (wave, together) = runs[1], runs[24]
+    assert alone.stage_dir.name == together.stage_dir.name  # engine_batch is not in the folder's hash
+    assert (alone.stage_dir / "export" / "messages.jsonl").read_bytes() == (together.stage_dir / "export" / "messages.jsonl").read_bytes()
+    assert _records(alone) and [r["id"] for r in _records(alone)] == [r["id"] for r in _records(together)]
+    assert _shard_stats(alone.stage_dir) == _shard_stats(together.stage_dir)
+    assert alone.stats["dropped"]["duplicate"] >= 3  # the later shards did meet the shared question
+    assert alone.stats["multi_turn_records"] >= 1
+    # side by side: the first call carries all four shards' first requests, and there are far fewer calls
+    assert wave.calls[0] == 4 * one.calls[0] and len(wave.calls) < len(one.calls) / 2
+    # nothing was asked twice: each look-ahead answer was used or was a foreseen request of a later shard
+    assert len(set(zip(wave.prompts, wave.specs, strict=True))) == len(wave.prompts)
+
+
+def test_a_failing_engine_fails_the_shard_as_without_look_ahead(tmp_path: Path) -> None:
+    """An engine error met while drawing ahead is raised again by the real pass, with nothing written."""
+    import pytest
+
+    def broken(prompt: str, spec, k: int):
+        if _is_response(prompt):
+            raise OSError("engine went away")
+        return _script(prompt, spec, k)
+
+    cfg = _cfg(tmp_path, "generate.engine_batch=12")
+    with pytest.raises(OSError, match="engine went away"):
+        run_generate(cfg, engines={"generator": FakeEngine(_tokenizer(cfg), broken)}, show_progress=False)
+    assert not list((Path(cfg.paths.outputs) / "stages" / "generate").glob("*/shards/*.jsonl"))

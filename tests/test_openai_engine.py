@@ -158,7 +158,8 @@ def test_a_server_killed_mid_run_loses_no_record(vllm_server, smollm2_dir, tmp_p
         _wait_healthy(proc, second, log)
         cfg = schema("engine=openai", f"engine.base_urls=[{vllm_server},{second}]", "engine.served_model_name=smollm2",
                      "engine.max_concurrency=4", f"paths.outputs={tmp_path}", "generate.count=24",
-                     "generate.shard_size=6", "generate.multi_turn.fraction=0", "generator.instruction.max_tokens=48",
+                     "generate.shard_size=6", "generate.engine_batch=6",  # one shard per call: calls go on after the kill
+                     "generate.multi_turn.fraction=0", "generator.instruction.max_tokens=48",
                      "generator.response.max_tokens=24")
         killed = threading.Event()
 
