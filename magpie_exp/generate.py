@@ -145,6 +145,10 @@ class GenerateStage:
             side.engine = self.injected.get(side.key) or build_engine(self.cfg.engine, side.cfg, side.model_path, self.cfg.seed, self.cfg.executor)
         return side.engine
 
+    def start_engines(self) -> None:
+        self._engine(self.ins)
+        self._engine(self.res)
+
     def close(self) -> None:
         for side in {id(s): s for s in (getattr(self, "ins", None), getattr(self, "res", None)) if s}.values():
             if side.engine is not None and side.key not in self.injected:
@@ -183,7 +187,7 @@ class GenerateStage:
         without it, and a request the look-ahead did not foresee (an earlier shard's late refill took a question
         a later shard drew first) goes to the engine then. A seeded request gets the same answer in any batch
         (bf16 aside: there batching changes draws, as it always has)."""
-        self._stage_provenance()  # the engines are built on this thread, never in a look-ahead thread
+        self.start_engines()  # on this thread, never in a look-ahead thread
         wave = _Wave(self, plans, seen)
         wave.run()
 
@@ -615,7 +619,7 @@ def run_generate(
             with tqdm(total=total, initial=store.record_count(), unit="rec", desc="generate", disable=not show_progress,
                       dynamic_ncols=True, smoothing=0.1) as bar:
                 stage.progress = bar
-                stage._stage_provenance()  # starts the engines: their start-up is not generation time
+                stage.start_engines()  # their start-up is not generation time
                 for wave in _waves(todo, cfg.generate.engine_batch):
                     start = time.perf_counter()
                     if len(wave) > 1:
