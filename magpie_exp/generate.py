@@ -624,10 +624,10 @@ def run_generate(
                     start = time.perf_counter()
                     if len(wave) > 1:
                         stage.prefetch(wave, seen)
-                    ahead = time.perf_counter() - start
+                    ahead_per_record = (time.perf_counter() - start) / sum(p.size for p in wave)
                     for plan in wave:
                         records, meta = stage.make_shard(plan, seen)
-                        meta["seconds"] = round(meta["seconds"] + ahead * plan.size / sum(p.size for p in wave), 3)
+                        meta["seconds"] = round(meta["seconds"] + ahead_per_record * plan.size, 3)
                         store.write_shard(plan.name, records, meta)
                         bar.update(len(records))
                     stage.forget()
