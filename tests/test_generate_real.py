@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import schema
+from conftest import CACHE, schema
 from magpie_exp.config import GeneratorConfig
 from magpie_exp.engines import Engine, Request, SamplingSpec
 from magpie_exp.generate import run_generate
@@ -111,8 +111,8 @@ def test_control_tasks_are_recorded_and_kept_out_of_exports(tmp_path, vllm_engin
     assert all(m["role"] != "system" for r in exported for m in r["messages"])
 
 
-def test_first_token_ban_through_vllm_logits_processor(vllm_engine, smollm2_dir, tmp_path) -> None:
-    side = load_side("generator", schema().generator, tmp_path)
+def test_first_token_ban_through_vllm_logits_processor(vllm_engine, smollm2_dir) -> None:
+    side = load_side("generator", schema().generator, CACHE)
     prefix = side.encode(side.templates.pre_query)
     greedy = SamplingSpec(n=1, temperature=0.0, max_tokens=1)
     first = vllm_engine.generate([Request(prefix, greedy)])[0][0].text
@@ -127,8 +127,8 @@ def test_first_token_ban_through_vllm_logits_processor(vllm_engine, smollm2_dir,
     assert outs[1][0].text == first  # a request without the ban in the same batch is untouched
 
 
-def test_seeded_requests_repeat(vllm_engine, tmp_path) -> None:
-    side = load_side("generator", schema().generator, tmp_path)
+def test_seeded_requests_repeat(vllm_engine) -> None:
+    side = load_side("generator", schema().generator, CACHE)
     request = Request(side.encode(side.templates.pre_query),
                       SamplingSpec(n=4, temperature=1.0, max_tokens=24, seed=11, stop_token_ids=side.instruction_stops.token_ids))
     a = [c.text for c in vllm_engine.generate([request])[0]]
@@ -153,10 +153,10 @@ def test_hf_engine_as_a_different_response_model(tmp_path, vllm_engine, smollm2_
         assert r["messages"][1]["content"] and 0 < r["gen"]["turns"][0]["response_tokens"] <= 24
 
 
-def test_hf_engine_matches_vllm_greedy_and_reports_finish(vllm_engine, smollm2_dir, tmp_path) -> None:
+def test_hf_engine_matches_vllm_greedy_and_reports_finish(vllm_engine, smollm2_dir) -> None:
     from magpie_exp.engines.hf_engine import HFEngine
 
-    side = load_side("generator", schema().generator, tmp_path)
+    side = load_side("generator", schema().generator, CACHE)
     hf = HFEngine(schema("engine=hf", "engine.dtype=float32").engine, schema().generator, str(smollm2_dir), seed=0)
     prompt = side.encode(side.templates.pre_query + "What is the capital of France?" + side.templates.post_query)
     spec = SamplingSpec(n=1, temperature=0.0, max_tokens=32, stop_token_ids=side.response_stops.token_ids)
@@ -166,10 +166,10 @@ def test_hf_engine_matches_vllm_greedy_and_reports_finish(vllm_engine, smollm2_d
     assert [c.finish_reason for c in short] == ["length", "length"] and all(c.token_count == 3 for c in short)
 
 
-def test_seeded_long_prompts_overflowing_the_token_budget(vllm_engine, tmp_path) -> None:
+def test_seeded_long_prompts_overflowing_the_token_budget(vllm_engine) -> None:
     # Regression: vLLM 0.32 on CPU died with "CPU Generator does not use offset" when a seeded request's
     # prefill was chunked; 16 seeded prompts of ~400 tokens overflow the 4096-token step budget.
-    side = load_side("generator", schema().generator, tmp_path)
+    side = load_side("generator", schema().generator, CACHE)
     prompts = [side.encode(side.templates.pre_query + f"Tell me about bread number {i}. " * 40 + side.templates.post_query)
                for i in range(16)]  # distinct, so prefix caching cannot shrink the prefill
     assert min(len(p) for p in prompts) > 300
@@ -213,3 +213,14 @@ def test_prefill_steers_instructions_and_stays_in_them(tmp_path, vllm_engine) ->
         side = load_side("generator", cfg.generator, Path(cfg.paths.cache_dir))
         im_end, im_start = side.tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|im_start|>"])
         assert {im_end, im_start} <= set(gen["instruction_stops"]["token_ids"]) & set(gen["response_stops"]["token_ids"])
+
+
+def test_the_engine_runs_in_process_and_leaves_the_environment_as_it_was(vllm_engine) -> None:
+    """On one CPU device the session's engine core and worker are in this process (no spawned copies of torch and
+    vLLM), and what vLLM's CPU platform writes into os.environ while it builds (for workers it would spawn) is
+    undone: children started afterwards (CLI drills, Ray clusters) must not inherit torch's libgomp preloaded."""
+    import os
+
+    assert type(vllm_engine.llm.llm_engine.engine_core).__name__ == "InprocClient"
+    assert "libgomp" not in os.environ.get("LD_PRELOAD", "")
+    assert "VLLM_DIST_IDENT" not in os.environ and os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0"

@@ -90,8 +90,8 @@ def test_generate_stage_over_a_real_vllm_server(vllm_server, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_first_token_ban_and_token_counts_over_http(vllm_server, tmp_path) -> None:
-    side = load_side("generator", schema().generator, tmp_path)
+def test_first_token_ban_and_token_counts_over_http(vllm_server) -> None:
+    side = load_side("generator", schema().generator, CACHE)
     engine = OpenAIEngine(schema("engine=openai", f"engine.base_urls=[{vllm_server}]",
                                  "engine.served_model_name=smollm2").engine, side.cfg, "smollm2", 0)
     prefix = side.encode(side.templates.pre_query)

@@ -29,9 +29,33 @@ def _vllm_version() -> str:
     return getattr(vllm, "__version__", "unknown")
 
 
+def _in_process(cfg: EngineConfig, generator: GeneratorConfig) -> bool:
+    """Whether a CPU engine runs its engine core and worker in this process. It does on one device when it may use
+    every core (the worker binds this process's OpenMP threads to its cores, and later torch work here would be held
+    to them); ``VLLM_ENABLE_V1_MULTIPROCESSING=1`` in the environment asks for vLLM's separate processes."""
+    if generator.tensor_parallel_size != 1 or os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "1":
+        return False
+    return cfg.cpu_cores is None or cfg.cpu_cores >= (os.cpu_count() or 1)
+
+
+def _restore_environment(before: dict[str, str]) -> None:
+    """Undo what building the engine wrote into ``os.environ``.
+
+    vLLM's CPU platform sets variables meant for the worker processes it spawns (LD_PRELOAD of torch's libgomp,
+    LOCAL_WORLD_SIZE, KMP_*, VLLM_DIST_IDENT, ...) in the calling process, where every later child inherits them:
+    measured here, a Ray run launched afterwards from the same process generated at 6.7 tokens/s instead of 21
+    with libgomp preloaded into every Ray process. They are read while the engine is built, not after."""
+    for key in set(os.environ) - set(before):
+        del os.environ[key]
+    for key, value in before.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
 class VLLMEngine(Engine):
     def __init__(self, cfg: EngineConfig, generator: GeneratorConfig, model_path: str, seed: int) -> None:
         on_cpu = not torch.cuda.is_available()
+        environment = dict(os.environ)  # restored once the engine is built (see _restore_environment)
         if on_cpu:
             # Read by vLLM's CPU backend when the engine starts.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kv_cache_gib))
@@ -63,8 +87,16 @@ class VLLMEngine(Engine):
             # batch of seeded prompts overflows the token budget. Without chunked prefill that never happens.
             kwargs["enable_chunked_prefill"] = False
             kwargs["max_num_batched_tokens"] = max(generator.max_model_len, 4096)
+            if _in_process(cfg, generator):
+                # One CPU engine runs in this process: vLLM's default spawns an engine-core process that spawns a
+                # worker process, each importing torch and vLLM again (benchmarks/bench_engine_start.py).
+                os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+                kwargs["distributed_executor_backend"] = "uni"
         log.info("starting vLLM %s on %s (%s, eager=%s)", _vllm_version(), model_path, dtype, cfg.enforce_eager)
-        self.llm = LLM(**kwargs)
+        try:
+            self.llm = LLM(**kwargs)
+        finally:
+            _restore_environment(environment)
         self.info = EngineInfo(kind="vllm", version=_vllm_version(), model=model_path, extra={"dtype": dtype})
 
     def sampling_params(self, request: Request):  # noqa: ANN201 - vllm.SamplingParams
