@@ -45,11 +45,8 @@ def _restore_environment(before: dict[str, str]) -> None:
     LOCAL_WORLD_SIZE, KMP_*, VLLM_DIST_IDENT, ...) in the calling process, where every later child inherits them:
     measured here, a Ray run launched afterwards from the same process generated at 6.7 tokens/s instead of 21
     with libgomp preloaded into every Ray process. They are read while the engine is built, not after."""
-    for key in set(os.environ) - set(before):
-        del os.environ[key]
-    for key, value in before.items():
-        if os.environ.get(key) != value:
-            os.environ[key] = value
+    os.environ.clear()
+    os.environ.update(before)
 
 
 class VLLMEngine(Engine):
