@@ -37,7 +37,7 @@ def main() -> None:
 
     from magpie_exp.cli import load_config, setup_environment
     from magpie_exp.engines import build_engine
-    from magpie_exp.generate import run_generate
+    from magpie_exp.stages.generate import run_generate
     from magpie_exp.models import resolve_model
 
     cache = Path(os.environ.get("MAGPIE_EXP_CACHE", REPO / ".cache"))

@@ -48,7 +48,8 @@ def _child(setting: str, steps: int, lr: float, out: Path) -> dict:
 
     from magpie_exp.cli import load_config, setup_environment
     from magpie_exp.models import embedded_model_dir
-    from magpie_exp.train import precision_facts, prepare_tokenizer
+    from magpie_exp.training.precision import precision_facts
+    from magpie_exp.training.templates import prepare_tokenizer
 
     cache = Path(os.environ.get("MAGPIE_EXP_CACHE", REPO / ".cache"))
     setup_environment(cache)

@@ -47,7 +47,7 @@ def main() -> None:
 
     from magpie_exp.cli import setup_environment
     from magpie_exp.engines import build_engine
-    from magpie_exp.generate import run_generate
+    from magpie_exp.stages.generate import run_generate
     from magpie_exp.models import resolve_model
     from magpie_exp.shards import ShardStore
 

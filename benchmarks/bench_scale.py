@@ -72,7 +72,7 @@ def _serve(model_dir: str, threads: int, log: Path) -> tuple[subprocess.Popen, s
 
 def _generate(urls: list[str], count: int, out: Path) -> tuple[int, float]:
     from magpie_exp.cli import load_config
-    from magpie_exp.generate import run_generate
+    from magpie_exp.stages.generate import run_generate
 
     cfg = load_config(
         "stage=generate", "engine=openai", f"engine.base_urls=[{','.join(urls)}]", "engine.served_model_name=smollm2",

@@ -51,7 +51,8 @@ def bench_tagging(records: int) -> None:
 
     from magpie_exp.cli import load_config, setup_environment
     from magpie_exp.engines import Request, SamplingSpec, build_engine
-    from magpie_exp.taggers import Models, QualityTagger
+    from magpie_exp.chat import Models
+    from magpie_exp.taggers import QualityTagger
 
     cfg = load_config("engine.enforce_eager=true")
     setup_environment(Path(os.environ.get("MAGPIE_EXP_CACHE", Path(cfg.paths.cache_dir))))

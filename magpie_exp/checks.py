@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from magpie_exp.config import MagpieConfig, to_schema
-from magpie_exp.curate import check_curate_config
-from magpie_exp.evaluate import check_evaluation_config
-from magpie_exp.tag import check_tag_config
-from magpie_exp.train import check_train_config
+from magpie_exp.rules import check_curate_config
+from magpie_exp.stages.evaluate import check_evaluation_config
+from magpie_exp.stages.tag import check_tag_config
+from magpie_exp.stages.train import check_train_config
 
 
 def check_stages(cfg: MagpieConfig) -> MagpieConfig:

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from magpie_exp.config import ConfigError, MagpieConfig, register_configs
 from magpie_exp.runner import run_stage_result, setup_environment
-from magpie_exp.stages import check_writable, is_disk_full
+from magpie_exp.stages.common import check_writable, is_disk_full
 
 log = logging.getLogger("magpie_exp")
 

@@ -111,7 +111,7 @@ def _lm_eval_prompts(task: str, source: str) -> list[Prompt]:
 def benchmark_prompts(dc: DecontamConfig, data_dir: str | None, cache_dir: Path,
                       local_data: dict[str, str]) -> tuple[list[Prompt], dict[str, int], dict[str, str]]:
     """Every prompt of the configured sets found locally: (prompts, items per set, unchecked set -> why)."""
-    from magpie_exp.evaldata import local_path
+    from magpie_exp.evaluation.data import local_path
 
     files = {"ifeval": "ifeval", "mt_bench": "mt_bench_questions", "arena_hard": "arena_hard_questions",
              "alpaca_eval": "alpaca_eval_reference"}

@@ -2,7 +2,7 @@
 
 ``load_side`` resolves ``generator.model`` (embedded, local or hub), loads the tokenizer, derives the templates
 from its chat template (or ``generator.chat_template``) and checks every generator key that can be checked
-without an engine, so bad input fails before anything is written or started. Used by ``magpie_exp.generate``,
+without an engine, so bad input fails before anything is written or started. Used by ``magpie_exp.stages.generate``,
 the pair stage and ``stage=inspect``.
 
 Rules that decide what the model sees and where it stops:

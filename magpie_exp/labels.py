@@ -227,3 +227,38 @@ def parse_guard(text: str) -> tuple[str | None, list[str], str | None]:
     if unknown:
         return None, [], f"unknown_category: hazard categories {unknown}"
     return label, categories, None
+
+
+# The base model's prompt for URIAL-style answers (base_reward tagger): in-context examples, then the query.
+URIAL_PREFIX = """# Instructions
+
+Below are conversations between a curious user and a helpful, honest AI assistant. The assistant answers each \
+query accurately and clearly, with useful detail, and says so when it does not know.
+
+# Query:
+```
+What is the boiling point of water at sea level?
+```
+
+# Answer:
+```
+At sea level, water boils at 100 degrees Celsius (212 degrees Fahrenheit). At higher altitudes the air \
+pressure is lower, so water boils at a lower temperature.
+```
+
+# Query:
+```
+Give me two tips for writing a clear email.
+```
+
+# Answer:
+```
+1. Put the main point or request in the first sentence, so the reader knows at once what you need.
+2. Keep it short: one topic per email, short paragraphs, and a subject line that says what it is about.
+```
+
+"""
+
+
+def urial_prompt(instruction: str) -> str:
+    return f"{URIAL_PREFIX}# Query:\n```\n{instruction}\n```\n\n# Answer:\n```\n"

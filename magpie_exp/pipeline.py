@@ -6,7 +6,7 @@
 
 Each stage reads the folder the previous stage wrote (passed on explicitly, so a pipeline started from
 ``input=<file>`` stays on that data) and is cached by its own config hash, which covers its settings, the key
-of its input and its code version (``STAGE_VERSION`` of each stage module). A later run, or another member of
+of its input and its code version (``stages/keys.py``). A later run, or another member of
 a sweep, with the same upstream settings therefore reuses those folders: every stage logs "cache hit" and
 ``pipeline.json`` records it. ``force=[tag,...]`` deletes those stages' folders first and runs them again.
 
@@ -27,8 +27,9 @@ from typing import Any
 
 from magpie_exp.config import ConfigError, GeneratorConfig, MagpieConfig
 from magpie_exp.engines import Engine
-from magpie_exp.runner import ENGINE_STAGES, run_stage_result
-from magpie_exp.stages import StageResult
+from magpie_exp.runner import run_stage_result
+from magpie_exp.stages import STEPS
+from magpie_exp.stages.common import StageResult
 from magpie_exp.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -55,32 +56,7 @@ def _remove(folder: Path, step: str) -> None:
 def _forced_folders(step: str, cfg: MagpieConfig) -> list[Path]:
     """The folders a forced step writes (computed exactly as the step computes them)."""
     try:
-        if step == "generate":
-            from magpie_exp.generate import stage_dir_for
-
-            return [stage_dir_for(cfg)]
-        if step in ("tag", "curate", "pair"):
-            module = __import__(f"magpie_exp.{step}", fromlist=["stage_dir_for"])
-            return [module.stage_dir_for(cfg)]
-        if step == "sft":
-            from magpie_exp.train import sft_dir_for
-
-            return [sft_dir_for(cfg, use_input=True)]
-        if step == "dpo":
-            from magpie_exp.train import dpo_dir_for
-
-            return [dpo_dir_for(cfg)]
-        from magpie_exp.evaluate import EvaluateStage, stage_payload
-        from magpie_exp.stages import config_hash
-
-        stage = EvaluateStage(cfg, None)
-        root = stage.root
-        folders = [root / config_hash(stage_payload(stage))]
-        for bench in stage.items:
-            answers = stage.answers_payload(bench)
-            folders.append(root / "answers" / bench / config_hash(answers))
-            folders.append(root / "judgments" / bench / config_hash(stage.judgments_payload(bench, config_hash(answers))))
-        return folders
+        return STEPS[step].folders(cfg)
     except ConfigError:
         return []  # its input does not exist yet: nothing cached to remove
 
@@ -220,7 +196,7 @@ class Pipeline:
         if cfg.stage == "train":
             self.pool.close()  # training needs the memory (on a GPU node, the GPUs) the engines hold
         start = time.perf_counter()
-        result = run_stage_result(cfg, engines=self.pool if cfg.stage in ENGINE_STAGES else None)
+        result = run_stage_result(cfg, engines=self.pool)
         seconds = time.perf_counter() - start
         record = StepRecord(step, str(result.stage_dir), result.cache_hit, seconds, result.stats)
         self.records.append(record)
@@ -243,13 +219,13 @@ class Pipeline:
 
     def _run_all(self) -> dict[str, Any]:
         cfg, stages = self.cfg, self.cfg.pipeline.stages
-        from magpie_exp.train import precision
+        from magpie_exp.training.precision import precision
 
         for key in ("sft", "dpo"):  # hardware the recipe cannot use: say so before hours of generation
             if key in stages:
                 precision(getattr(cfg, key), key)
         if "tag" in stages and "curate" in stages:  # a recipe on a field no tagger writes: say so before generating
-            from magpie_exp.curate import check_tagged_fields
+            from magpie_exp.rules import check_tagged_fields
 
             check_tagged_fields(cfg, list(cfg.tag.taggers))
         replace = dataclasses.replace
@@ -287,9 +263,9 @@ class Pipeline:
                 elif name in results:
                     targets.append((name, results[name].exports["model"]))
                 else:
-                    from magpie_exp.evaluate import trained_model_dir
+                    from magpie_exp.stages.keys import trained_model
 
-                    folder = trained_model_dir(dataclasses.replace(cfg, trainer=name))  # trained by an earlier run
+                    folder = trained_model(cfg, name)  # trained by an earlier run
                     targets.append((name, str(folder)))
         for label, model in targets:
             sub = dataclasses.replace(cfg, stage="evaluate", evaluation=dataclasses.replace(ev, model=model, label=label))

@@ -162,3 +162,13 @@ def _replace_dir(tmp: Path, target: Path) -> None:
         target.rename(old)
     tmp.rename(target)
     _remove_tree(old)
+
+
+def first_exchange(record: Record) -> tuple[str, str]:
+    """The first user message and the assistant message that answers it ('' when unanswered)."""
+    messages = record["messages"]
+    for i, m in enumerate(messages):
+        if m["role"] == "user":
+            answer = messages[i + 1]["content"] if i + 1 < len(messages) and messages[i + 1]["role"] == "assistant" else ""
+            return m["content"], answer
+    return "", ""

@@ -147,7 +147,7 @@ def write_run_report(run_dir: Path, cfg: Any, records: list[Any], scores: dict[s
                      failed: bool = False) -> Path:
     """Write ``report.html`` for one pipeline run; returns its path."""
     from magpie_exp.config import as_plain
-    from magpie_exp.tables import results_table
+    from magpie_exp.evaluation.tables import results_table
     from magpie_exp.tracking import scrub
 
     steps = {r.step: r for r in records}
@@ -228,7 +228,7 @@ def write_run_report(run_dir: Path, cfg: Any, records: list[Any], scores: dict[s
 
 def write_sweep_report(sweep_dir: Path) -> Path | None:
     """``index.html`` in a sweep folder: each job's overrides, stage cache hits and scores, linked to its report."""
-    from magpie_exp.tables import results_table
+    from magpie_exp.evaluation.tables import results_table
 
     jobs = []
     folders = {p.parent for name in ("pipeline.json", "stages.json", "failed.json") for p in sweep_dir.glob(f"*/{name}")}

@@ -1,5 +1,6 @@
-"""Running one stage: the process environment every run sets up, and the one dispatch from a stage name to its
-run function, used by the ``magpie-exp`` command and by the pipeline alike (so neither imports the other)."""
+"""Running one stage: the process environment every run sets up, and the one call from a stage name to its
+run function (through the registry in ``stages``), used by the ``magpie-exp`` command and by the pipeline alike
+(so neither imports the other)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from magpie_exp.config import STAGES, ConfigError, MagpieConfig
-from magpie_exp.stages import StageResult
-
-# Stages that generate text and so take the engines they are lent (a dict or the pipeline's pool).
-ENGINE_STAGES = ("generate", "tag", "pair", "evaluate")
+from magpie_exp.stages import STEPS, step_of
+from magpie_exp.stages.common import StageResult
 
 
 def setup_environment(cache_dir: Path) -> None:
@@ -29,28 +28,7 @@ def run_stage_result(cfg: MagpieConfig, engines: Any = None) -> StageResult:
 
     ``engines`` (model spec -> engine, or the pipeline's pool) lends engines to the stages that generate."""
     setup_environment(Path(cfg.paths.cache_dir))
-    if cfg.stage == "generate":
-        from magpie_exp.generate import run_generate
-
-        return run_generate(cfg, engines)
-    if cfg.stage == "tag":
-        from magpie_exp.tag import run_tag
-
-        return run_tag(cfg, engines)
-    if cfg.stage == "curate":
-        from magpie_exp.curate import run_curate
-
-        return run_curate(cfg)
-    if cfg.stage == "pair":
-        from magpie_exp.pair import run_pair
-
-        return run_pair(cfg, engines)
-    if cfg.stage == "train":
-        from magpie_exp.train import run_train
-
-        return run_train(cfg)
-    if cfg.stage == "evaluate":
-        from magpie_exp.evaluate import run_evaluate
-
-        return run_evaluate(cfg, engines)
-    raise ConfigError(f"stage must be one of {', '.join(STAGES)}; got {cfg.stage!r}")
+    if cfg.stage not in {s.stage for s in STEPS.values()}:
+        raise ConfigError(f"stage must be one of {', '.join(STAGES)}; got {cfg.stage!r}")
+    step = step_of(cfg)
+    return step.run(cfg, engines if step.generates else None)

@@ -11,7 +11,7 @@ fired. Bugs fixed here, each covered by a test in ``tests/test_sanitize.py``:
 * a marker at position 0 cut the whole instruction to nothing; here only a marker after some text cuts.
 
 The sanitizer never drops a record itself: an instruction that ends up empty is dropped by the generate stage
-with the reason ``empty_after_sanitize``. Run by ``magpie_exp.generate`` when ``generator.sanitize`` is set.
+with the reason ``empty_after_sanitize``. Run by ``magpie_exp.stages.generate`` when ``generator.sanitize`` is set.
 """
 
 from __future__ import annotations

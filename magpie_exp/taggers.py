@@ -5,160 +5,26 @@ the reason ("truncated", "invalid_json: ...", "schema: ...", "unparsable: guard 
 counted by the stage and kept in ``tags.errors``; they are never turned into a label.
 
 Tags describe the first exchange of a conversation (first user turn and its answer), as the official tags do.
-Models are shared: every tagger asks the ``Models`` pool for an engine by model, so the judge, a stand-in guard
-of the same model and the judge-score reward all run on one vLLM engine, started once.
+Models are shared: every tagger asks the stage's ``chat.Models`` pool for a chat model, so the judge, a stand-in
+guard of the same model and the judge-score reward all run on one vLLM engine, started once.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 from collections.abc import Sequence
 
-from magpie_exp.config import ConfigError, EngineConfig, GeneratorConfig, MagpieConfig
-from magpie_exp.engines import Engine, Request, SamplingSpec, build_engine
-from magpie_exp.labels import GUARD_REGEX, JudgeTask, guard_prompt, judge_tasks, parse_guard, parse_judgement
+from magpie_exp.config import ConfigError, MagpieConfig
+from magpie_exp.engines import Request, SamplingSpec
+from magpie_exp.labels import GUARD_REGEX, urial_prompt, JudgeTask, guard_prompt, judge_tasks, parse_guard, parse_judgement
 from magpie_exp.models import resolve_model
-from magpie_exp.records import Record
+from magpie_exp.chat import Models
+from magpie_exp.records import Record, first_exchange
 
 log = logging.getLogger(__name__)
 TagRow = dict[str, Any]
-
-
-def first_exchange(record: Record) -> tuple[str, str]:
-    """The first user message and the assistant message that answers it ('' when unanswered)."""
-    messages = record["messages"]
-    for i, m in enumerate(messages):
-        if m["role"] == "user":
-            answer = messages[i + 1]["content"] if i + 1 < len(messages) and messages[i + 1]["role"] == "assistant" else ""
-            return m["content"], answer
-    return "", ""
-
-
-class ChatModel:
-    """A chat model (judge, guard or base) with its tokenizer and a lazily started engine."""
-
-    def __init__(self, key: str, gen: GeneratorConfig, cfg: MagpieConfig, injected: Engine | None,
-                 engine_cfg: EngineConfig | None = None) -> None:
-        from transformers import AutoTokenizer
-
-        self.key, self.gen, self.cfg = key, gen, cfg
-        self.engine_cfg = engine_cfg or cfg.engine
-        self.engine = injected
-        self.injected = injected is not None
-        self.seconds = 0.0
-        self.tokens = 0
-        self.chat_api = self.engine_cfg.type == "openai" and self.engine_cfg.api == "chat"
-        if self.chat_api:  # a hosted model: the server applies its own template; nothing to load here
-            self.model_path, self.tokenizer = gen.model, None
-            return
-        self.model_path = resolve_model(gen.model, Path(cfg.paths.cache_dir), key=f"{key}.model")
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=gen.trust_remote_code)
-        except OSError as exc:
-            raise ConfigError(f"{key}.model: cannot load a tokenizer from '{gen.model}' ({exc.__class__.__name__}); "
-                              "check the name, or download the model first") from exc
-        if gen.chat_template is not None:
-            from magpie_exp.generators import load_chat_template
-
-            self.tokenizer.chat_template = load_chat_template(gen.chat_template)
-
-    @property
-    def constrains(self) -> bool:
-        """Whether this model's engine honours json_schema / regex (vLLM in process or over /v1/completions)."""
-        return self.engine_cfg.type == "vllm" or (self.engine_cfg.type == "openai" and not self.chat_api)
-
-    def chat_request(self, messages: list[dict[str, str]], spec: SamplingSpec) -> Request | None:
-        """A request for ``messages``; ``None`` when prompt plus ``spec.max_tokens`` exceed the model's context."""
-        if self.chat_api:
-            return Request([], spec, messages=messages)
-        ids = self.chat_ids(messages)
-        if len(ids) + spec.max_tokens > self.gen.max_model_len:
-            return None
-        return Request(ids, spec)
-
-    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        if self.tokenizer.chat_template is None:
-            raise ConfigError(f"{self.key}.model: '{self.gen.model}' has no chat template; set {self.key}.chat_template")
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                                  **self.gen.chat_template_kwargs)
-        return self.raw_ids(text)
-
-    def raw_ids(self, text: str) -> list[int]:
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        bos = self.tokenizer.bos_token_id
-        if bos is not None and (not ids or ids[0] != bos) and self.tokenizer("x").input_ids[:1] == [bos]:
-            ids = [bos, *ids]
-        return ids
-
-    def generate(self, requests: list[Request]) -> list[Any]:
-        if self.engine is None:
-            self.engine = build_engine(self.engine_cfg, self.gen, self.model_path, self.cfg.seed, self.cfg.executor)
-        start = time.perf_counter()
-        out = self.engine.generate(requests)
-        self.seconds += time.perf_counter() - start
-        self.tokens += sum(c.token_count for o in out for c in o)
-        return [o[0] for o in out]
-
-    def close(self) -> None:
-        if self.engine is not None and not self.injected:
-            self.engine.close()
-        self.engine = None
-
-
-class Models:
-    """Chat models by model identity, shared between taggers; each is closed after its last user."""
-
-    def __init__(self, cfg: MagpieConfig, injected: dict[str, Engine] | None = None) -> None:
-        self.cfg = cfg
-        self.injected = injected if injected is not None else {}  # a dict, or the pipeline's lazy EnginePool
-        self.models: dict[str, ChatModel] = {}
-        self._scorer: Scorer | None = None
-        self._embedder: Any = None
-
-    def embedder(self) -> Any:
-        """The one sentence embedder of a stage (embedding and decontam share it)."""
-        if self._embedder is None:
-            from magpie_exp.scoring import Embedder
-
-            e = self.cfg.tag.embedder
-            self._embedder = Embedder(e.model, e.batch_size, e.device)
-        return self._embedder
-
-    def scorer(self) -> Scorer:
-        """The one reward scorer of a stage (a reward model is loaded once for reward and base_reward)."""
-        if self._scorer is None:
-            self._scorer = Scorer(self.cfg, self)
-        return self._scorer
-
-    @staticmethod
-    def identity(gen: GeneratorConfig, engine_cfg: EngineConfig | None = None) -> str:
-        engine = None if engine_cfg is None else [engine_cfg.type, engine_cfg.base_urls]
-        return json.dumps([gen.model, gen.max_model_len, gen.tensor_parallel_size, gen.trust_remote_code, engine])
-
-    def get(self, key: str, gen: GeneratorConfig, engine_cfg: EngineConfig | None = None) -> ChatModel:
-        """The pooled model for ``gen``; ``engine_cfg`` (not the engine group) gets an engine of its own."""
-        ident = self.identity(gen, engine_cfg)
-        if ident not in self.models:
-            injected = self.injected.get(gen.model) if engine_cfg is None else None
-            self.models[ident] = ChatModel(key, gen, self.cfg, injected, engine_cfg=engine_cfg)
-        return self.models[ident]
-
-    def release(self, keep: set[str]) -> None:
-        for ident, model in list(self.models.items()):
-            if ident not in keep and model.engine is not None and not model.injected:
-                log.info("closing the %s engine (%s)", model.key, model.gen.name)
-                model.close()
-
-    def close(self) -> None:
-        if self._scorer is not None:
-            self._scorer.close()
-        self._embedder = None
-        for model in self.models.values():
-            model.close()
 
 
 class Tagger:
@@ -352,6 +218,22 @@ class Scorer:
         self.rm = None
 
 
+def shared_scorer(cfg: MagpieConfig, models: Models) -> Scorer:
+    """The stage's one reward scorer (a reward model is loaded once for reward, base_reward and pair)."""
+    return models.shared("scorer", lambda: Scorer(cfg, models))
+
+
+def shared_embedder(cfg: MagpieConfig, models: Models) -> Any:
+    """The stage's one sentence embedder (embedding and decontam share it)."""
+    def make() -> Any:
+        from magpie_exp.scoring import Embedder
+
+        e = cfg.tag.embedder
+        return Embedder(e.model, e.batch_size, e.device)
+
+    return models.shared("embedder", make)
+
+
 class RewardTagger(Tagger):
     name = "reward"
     fields = ("reward",)
@@ -360,7 +242,7 @@ class RewardTagger(Tagger):
         return {Models.identity(self.tc.judge)} if self.tc.reward_source == "judge" else set()
 
     def prepare(self) -> None:
-        self.scorer = self.models.scorer()
+        self.scorer = shared_scorer(self.cfg, self.models)
 
     def model_name(self) -> str:
         return self.scorer.name
@@ -371,40 +253,6 @@ class RewardTagger(Tagger):
 
 
 # URIAL-style prompt for a base model (our wording; in-context examples show the answer style).
-URIAL_PREFIX = """# Instructions
-
-Below are conversations between a curious user and a helpful, honest AI assistant. The assistant answers each \
-query accurately and clearly, with useful detail, and says so when it does not know.
-
-# Query:
-```
-What is the boiling point of water at sea level?
-```
-
-# Answer:
-```
-At sea level, water boils at 100 degrees Celsius (212 degrees Fahrenheit). At higher altitudes the air \
-pressure is lower, so water boils at a lower temperature.
-```
-
-# Query:
-```
-Give me two tips for writing a clear email.
-```
-
-# Answer:
-```
-1. Put the main point or request in the first sentence, so the reader knows at once what you need.
-2. Keep it short: one topic per email, short paragraphs, and a subject line that says what it is about.
-```
-
-"""
-
-
-def urial_prompt(instruction: str) -> str:
-    return f"{URIAL_PREFIX}# Query:\n```\n{instruction}\n```\n\n# Answer:\n```\n"
-
-
 class BaseRewardTagger(Tagger):
     """The paper's reward difference: a base model answers URIAL-style, the same reward scores that answer.
 
@@ -420,7 +268,7 @@ class BaseRewardTagger(Tagger):
 
     def prepare(self) -> None:
         self.base = self.models.get("tag.base_model", self.tc.base_model, self.tc.base_engine)
-        self.scorer = self.models.scorer()
+        self.scorer = shared_scorer(self.cfg, self.models)
 
     def model_name(self) -> str:
         return f"{self.tc.base_model.name} (URIAL) scored by {self.scorer.name}"
@@ -446,7 +294,7 @@ class EmbeddingTagger(Tagger):
     fields = ()
 
     def prepare(self) -> None:
-        self.embedder = self.models.embedder()
+        self.embedder = shared_embedder(self.cfg, self.models)
 
     def model_name(self) -> str:
         return self.tc.embedder.name
@@ -491,7 +339,7 @@ class DecontamTagger(Tagger):
                               "decontam from tag.taggers")
         for name, why in self.unchecked.items():
             log.warning("decontam: %s not checked: %s", name, why)
-        self.embedder = self.models.embedder() if dc.similarity is not None else None
+        self.embedder = shared_embedder(self.cfg, self.models) if dc.similarity is not None else None
         vectors = None
         if self.embedder is not None:
             vectors = prompt_vectors(prompts, self.embedder.encode, self.tc.embedder.model, cache)

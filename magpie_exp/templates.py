@@ -12,7 +12,7 @@ messages with the model's own template and cut at the sentinels. The same trick 
 Per-family overrides (``generator.pre_query_template``) cover the cases where the official table deliberately
 differs from the rendered template (Gemma-2's double newline, Llama-3.1 without its dated system preamble).
 
-Used by ``magpie_exp.generate``; tested over every file in ``shared/data/chat_templates`` by
+Used by ``magpie_exp.stages.generate``; tested over every file in ``shared/data/chat_templates`` by
 ``pytest tests/test_templates.py``.
 """
 

@@ -1,6 +1,7 @@
 """The shape of the package, checked on every run: its import graph (function-local imports included, imports
-under ``if TYPE_CHECKING:`` and a submodule's import of its own package left out) has no cycle, the config imports no stage, and nothing imports the CLI
-or, except the CLI, the pipeline."""
+under ``if TYPE_CHECKING:`` and a submodule's import of its own package left out) has no cycle; the config imports
+no stage, engine or step; no stage imports another; the registry names every step; nothing imports the CLI or,
+except the CLI, the pipeline; the README's tree names every module."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ from pathlib import Path
 from conftest import REPO
 
 PACKAGE = REPO / "magpie_exp"
-STAGE_MODULES = {"magpie_exp.generate", "magpie_exp.tag", "magpie_exp.curate", "magpie_exp.pair", "magpie_exp.train",
-                 "magpie_exp.evaluate"}
+STAGE_MODULES = {f"magpie_exp.stages.{name}" for name in ("generate", "tag", "curate", "pair", "train", "evaluate")}
 
 
 def _module(path: Path) -> str:
@@ -89,9 +89,31 @@ def test_the_checker_finds_a_planted_cycle() -> None:
 
 def test_config_imports_no_stage_and_nothing_imports_the_cli_or_the_pipeline() -> None:
     edges = graph()
-    assert "magpie_exp.config" in edges and not edges["magpie_exp.config"] & STAGE_MODULES
+    config = {m: deps for m, deps in edges.items() if m == "magpie_exp.config" or m.startswith("magpie_exp.config.")}
+    assert len(config) >= 4
+    # the config imports only itself and two leaf modules (the sanitizer's family names, the export formats)
+    outside = {d for deps in config.values() for d in deps if not d.startswith("magpie_exp.config")}
+    assert outside <= {"magpie_exp.sanitize", "magpie_exp.records"}, outside
+    assert not edges["magpie_exp.sanitize"] and not edges["magpie_exp.records"] - {"magpie_exp.files"}
     assert [m for m, deps in edges.items() if "magpie_exp.cli" in deps] == []
     assert [m for m, deps in edges.items() if "magpie_exp.pipeline" in deps] == ["magpie_exp.cli"]
+
+
+def test_no_stage_imports_another_stage() -> None:
+    """Stages are siblings: a stage finds its input's folder through the table of cache keys, never by importing
+    the stage upstream of it."""
+    edges = graph()
+    assert STAGE_MODULES <= set(edges)
+    assert {m: sorted(edges[m] & STAGE_MODULES) for m in STAGE_MODULES if edges[m] & STAGE_MODULES} == {}
+
+
+def test_the_registry_names_every_step_once_in_the_pipeline_order() -> None:
+    from magpie_exp.config import PIPELINE_STAGES, STAGES
+    from magpie_exp.stages import STEPS
+
+    assert tuple(STEPS) == PIPELINE_STAGES
+    assert {s.stage for s in STEPS.values()} == set(STAGES) - {"pipeline", "inspect"}
+    assert {s.stage for s in STEPS.values()} == {m.rsplit(".", 1)[1] for m in STAGE_MODULES}
 
 
 def test_schema_defaults_agree_with_config_yaml() -> None:

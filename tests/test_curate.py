@@ -10,8 +10,9 @@ import pytest
 
 from conftest import schema
 from magpie_exp.config import ConfigError
-from magpie_exp.curate import OPS, check_inputs, check_tagged_fields, failed_rules, rule_name, run_curate, target_count
-from magpie_exp.stages import StageInput
+from magpie_exp.rules import OPS, check_tagged_fields, failed_rules, rule_name
+from magpie_exp.stages.curate import check_inputs, run_curate, target_count
+from magpie_exp.stages.common import StageInput
 
 # id: (quality, difficulty, reward, reward_difference, response length, category, language, safety, keeper,
 #      instruction, response text)
@@ -101,7 +102,7 @@ def test_quota_with_an_explicit_count(tmp_path: Path) -> None:
 
 def test_share_quotas_fill_to_the_target_and_max_caps_hold() -> None:
     """The issue's case: target 5, shares .3/.35/.35, 30 candidates: 5 kept (floors alone gave 3)."""
-    from magpie_exp.curate import Survivor, select
+    from magpie_exp.stages.curate import Survivor, select
 
     cfg = schema("curate=dpo-instructions").curate
     groups = ["seeking", "reasoning", "writing"]
@@ -274,7 +275,7 @@ def test_a_recipe_that_keeps_nothing_is_a_counted_outcome(tmp_path: Path) -> Non
     result = run_curate(cfg, show_progress=False)
     assert result.stats["kept"] == 0 and result.stats["dropped"]["reward > 100"] == 10
     assert Path(result.exports["parquet"]).exists() and open(result.exports["messages"]).read() == ""
-    from magpie_exp.stages import open_input
+    from magpie_exp.stages.common import open_input
 
     with pytest.raises(ConfigError, match="holds no records"):
-        open_input(schema(f"input={result.stage_dir}"), "train", lambda: result.stage_dir)
+        open_input(schema(f"input={result.stage_dir}"), "sft")

@@ -11,10 +11,10 @@ import pytest
 
 from conftest import schema
 from magpie_exp.config import ConfigError, DecontamConfig
-from magpie_exp.curate import run_curate
+from magpie_exp.stages.curate import run_curate
 from magpie_exp.decontam import Index, Prompt, benchmark_prompts, ngrams, words
-from magpie_exp.evaldata import shipped_dir
-from magpie_exp.tag import run_tag
+from magpie_exp.evaluation.data import shipped_dir
+from magpie_exp.stages.tag import run_tag
 
 EVALS = shipped_dir()
 IFEVAL = [json.loads(line) for line in (EVALS / "ifeval" / "input_data.jsonl").open()]
@@ -157,7 +157,7 @@ def test_decontam_tagger_and_curate_rule_on_planted_prompts(tmp_path: Path) -> N
 
 
 def test_decontaminate_needs_the_tagger(tmp_path: Path) -> None:
-    from magpie_exp.curate import check_tagged_fields
+    from magpie_exp.rules import check_tagged_fields
 
     with pytest.raises(ConfigError, match=r"curate.decontaminate needs the field 'contaminated'.*add 'decontam'"):
         check_tagged_fields(schema("curate=english-safe"), ["language", "safety", "embedding"])

@@ -26,7 +26,7 @@ def _jsonl(path: Path) -> list[dict]:
 
 
 def test_ifeval_scorer_agrees_with_the_reference_results(tmp_path: Path) -> None:
-    from magpie_exp.evaluate import ifeval_scorer
+    from magpie_exp.evaluation.scores import ifeval_scorer
 
     process = ifeval_scorer(tmp_path)  # punkt_tab built from the wheel into a fresh cache: no ../shared NLTK data
     docs = {r["prompt"]: r for r in _jsonl(EVALS / "ifeval" / "input_data.jsonl")}
@@ -44,7 +44,7 @@ def test_ifeval_scorer_agrees_with_the_reference_results(tmp_path: Path) -> None
 
 
 def test_punkt_tab_from_the_wheel_matches_nltk_data(tmp_path: Path) -> None:
-    from magpie_exp.evaluate import ensure_punkt_tab
+    from magpie_exp.evaluation.scores import ensure_punkt_tab
 
     built = ensure_punkt_tab(tmp_path) / "tokenizers" / "punkt_tab" / "english"
     reference = SHARED / "nltk" / "tokenizers" / "punkt_tab" / "english"
@@ -71,7 +71,7 @@ def _simulate(bias: float, length_coef: float, n: int = 4000, seed: int = 0):
 
 
 def test_lc_win_rate_removes_a_pure_length_preference() -> None:
-    from magpie_exp.winrate import lc_win_rate
+    from magpie_exp.evaluation.winrate import lc_win_rate
 
     prefs, len_model, len_base = _simulate(bias=0.0, length_coef=-2.0)  # equal quality; the judge likes longer
     out = lc_win_rate(prefs, len_model, len_base)
@@ -81,7 +81,7 @@ def test_lc_win_rate_removes_a_pure_length_preference() -> None:
 
 
 def test_lc_win_rate_recovers_the_model_bias() -> None:
-    from magpie_exp.winrate import lc_win_rate
+    from magpie_exp.evaluation.winrate import lc_win_rate
 
     prefs, len_model, len_base = _simulate(bias=1.0, length_coef=-1.0, seed=1)
     out = lc_win_rate(prefs, len_model, len_base)
@@ -92,7 +92,7 @@ def test_lc_win_rate_recovers_the_model_bias() -> None:
 
 
 def test_arena_score_weights_strong_verdicts_and_bootstraps() -> None:
-    from magpie_exp.winrate import arena_score, model_outcome
+    from magpie_exp.evaluation.winrate import arena_score, model_outcome
 
     assert [model_outcome(v, "B") for v in ("A>>B", "A>B", "A=B", "B>A", "B>>A", None)] == ["<<", "<", "=", ">", ">>", None]
     assert [model_outcome(v, "A") for v in ("A>>B", "B>A")] == [">>", "<"]
@@ -131,20 +131,20 @@ REAL_RATINGS = [
 
 @pytest.mark.parametrize(("reply", "expected"), REAL_PAIRWISE)
 def test_pairwise_verdicts(reply: str, expected: str | None) -> None:
-    from magpie_exp.judging import parse_verdict
+    from magpie_exp.evaluation.judging import parse_verdict
 
     assert parse_verdict(reply) == expected
 
 
 @pytest.mark.parametrize(("reply", "expected"), REAL_RATINGS)
 def test_ratings(reply: str, expected: float | None) -> None:
-    from magpie_exp.judging import parse_rating
+    from magpie_exp.evaluation.judging import parse_rating
 
     assert parse_rating(reply) == expected
 
 
 def test_model_preference_from_either_position() -> None:
-    from magpie_exp.judging import model_preference
+    from magpie_exp.evaluation.judging import model_preference
 
     assert model_preference("B>>A", "B") == 1.0 and model_preference("B>A", "A") == 0.0
     assert model_preference("A=B", "A") == 0.5 and model_preference(None, "A") is None
@@ -154,7 +154,7 @@ def test_model_preference_from_either_position() -> None:
 
 
 def test_shipped_and_shared_eval_data_agree(tmp_path: Path) -> None:
-    from magpie_exp.evaldata import LOADERS, subset
+    from magpie_exp.evaluation.data import LOADERS, subset
 
     counts = {"ifeval": 541, "mt_bench": 80, "alpaca_eval": 805, "arena_hard": 500}
     for bench, count in counts.items():
@@ -174,7 +174,7 @@ def test_shipped_and_shared_eval_data_agree(tmp_path: Path) -> None:
 
 
 def test_missing_data_is_a_clear_error(tmp_path: Path) -> None:
-    from magpie_exp.evaldata import load_alpaca_eval, load_mt_bench
+    from magpie_exp.evaluation.data import load_alpaca_eval, load_mt_bench
 
     with pytest.raises(ConfigError, match=r"evaluation.data_dir: .*question.jsonl' does not exist"):
         load_mt_bench(str(tmp_path), tmp_path)
@@ -216,12 +216,17 @@ def test_every_evaluation_profile_composes() -> None:
 
 
 def test_missing_model_folders_are_clear_errors(tmp_path: Path) -> None:
-    from magpie_exp.evaluate import resolve_candidate
+    from magpie_exp.evaluation.candidate import resolve_candidate
+    from magpie_exp.stages.keys import trained_model
 
     with pytest.raises(ConfigError, match="evaluation.model: '/nonexistent/model' does not exist"):
-        resolve_candidate(schema("stage=evaluate", "evaluation.model=/nonexistent/model"))
-    with pytest.raises(ConfigError, match=r"evaluation.model is null and this config's trained model .*; run `magpie-exp stage=train`"):
-        resolve_candidate(schema("stage=evaluate", f"paths.outputs={tmp_path}"))
+        resolve_candidate(schema("stage=evaluate", "evaluation.model=/nonexistent/model"), None)
+    cfg = schema("stage=evaluate", f"paths.outputs={tmp_path}")
+    trained = trained_model(cfg, "sft")  # named from the config alone: nothing upstream exists yet
+    assert trained.parent.parent == tmp_path / "stages" / "train" and not trained.exists()
+    with pytest.raises(ConfigError, match=rf"evaluation.model is null and this config's trained SFT model '{trained}' "
+                                          r"does not exist; run `magpie-exp stage=train`"):
+        resolve_candidate(cfg, trained)
 
 
 def test_hosted_chat_judge_requests(monkeypatch) -> None:
@@ -263,7 +268,8 @@ def _eval_cfg(tmp_path: Path, *overrides: str):
 @pytest.mark.slow
 def test_evaluate_smollm2_with_a_smollm2_judge(tmp_path: Path, vllm_engine) -> None:
     """IFEval and MT-Bench subsets on a real engine (a trained Gemma is evaluated in tests/test_pipeline.py)."""
-    from magpie_exp.evaluate import results_table, run_evaluate
+    from magpie_exp.evaluation.tables import results_table
+    from magpie_exp.stages.evaluate import run_evaluate
 
     engines = {"embedded:smollm2-135m-instruct": vllm_engine}
     smol_cfg = _eval_cfg(tmp_path, "evaluation.model=generator", "evaluation.limit=3")
@@ -298,7 +304,7 @@ def test_evaluate_smollm2_with_a_smollm2_judge(tmp_path: Path, vllm_engine) -> N
 
 @pytest.mark.slow
 def test_pairwise_benchmarks_in_both_orders(tmp_path: Path, vllm_engine) -> None:
-    from magpie_exp.evaluate import run_evaluate
+    from magpie_exp.stages.evaluate import run_evaluate
 
     cfg = _eval_cfg(tmp_path, "evaluation.model=generator", "evaluation.limit=null", "evaluation.sample=2",
                     "evaluation.benchmarks=[alpaca_eval,arena_hard]", "evaluation.bootstrap_rounds=20")
@@ -314,7 +320,7 @@ def test_pairwise_benchmarks_in_both_orders(tmp_path: Path, vllm_engine) -> None
 
 @pytest.mark.slow
 def test_lm_eval_pass_through_on_local_data(tmp_path: Path) -> None:
-    from magpie_exp.evaluate import run_evaluate
+    from magpie_exp.stages.evaluate import run_evaluate
 
     cfg = _eval_cfg(tmp_path, "evaluation.model=generator", "evaluation.benchmarks=[lm_eval]",
                     "evaluation.lm_eval.tasks=[gsm8k,mmlu_redux_local]", "evaluation.lm_eval.num_fewshot=0",

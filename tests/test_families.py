@@ -20,7 +20,7 @@ from families import FAMILIES, FIXTURES, build
 from magpie_exp import reasoning
 from magpie_exp.config import ConfigError
 from magpie_exp.engines import Completion, Engine
-from magpie_exp.generate import run_generate
+from magpie_exp.stages.generate import run_generate
 from magpie_exp.generators import Side, load_side
 from magpie_exp.templates import response_prompt
 
@@ -173,9 +173,9 @@ def test_template_dates_are_pinned(folders, monkeypatch) -> None:
     assert "Today Date: 01 Jan 2026" in llama and "Current date: 2026-01-01" in oss
     other = side(folders, "llama3.2", "generator.template_date=2025-06-30").templates.pre_query
     assert "Today Date: 30 Jun 2025" in other
-    from magpie_exp.generate import stage_config  # the date is part of the stage hash
+    from magpie_exp.stages.keys import generate_payload  # the date is part of the stage hash
 
-    assert stage_config(schema())["generator"]["template_date"] == "2026-01-01"
+    assert generate_payload(schema())["generator"]["template_date"] == "2026-01-01"
     with pytest.raises(ConfigError, match="generator.template_date must be a date like 2026-01-01; got 'soon'"):
         schema("generator.template_date=soon")
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import CACHE, schema
 from magpie_exp.config import ConfigError
 from magpie_exp.engines.hardware import CPU_BF16_ENV
-from magpie_exp.generate import run_generate
+from magpie_exp.stages.generate import run_generate
 
 EXE = str(Path(sys.executable).with_name("magpie-exp"))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from conftest import schema
 from magpie_exp.engines.fake_engine import FakeEngine
-from magpie_exp.generate import run_generate
+from magpie_exp.stages.generate import run_generate
 from magpie_exp.generators import load_side
 
 

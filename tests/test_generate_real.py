@@ -12,7 +12,7 @@ import pytest
 from conftest import CACHE, schema
 from magpie_exp.config import GeneratorConfig
 from magpie_exp.engines import Engine, Request, SamplingSpec
-from magpie_exp.generate import run_generate
+from magpie_exp.stages.generate import run_generate
 from magpie_exp.generators import load_side
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ import pytest
 from conftest import CACHE, schema
 from magpie_exp.engines import Request, SamplingSpec
 from magpie_exp.engines.openai_engine import OpenAIEngine
-from magpie_exp.generate import run_generate
+from magpie_exp.stages.generate import run_generate
 from magpie_exp.generators import load_side
 
 

@@ -17,7 +17,7 @@ import pytest
 from conftest import CACHE, REPO, schema
 from magpie_exp.config import ConfigError
 from magpie_exp.engines.hardware import CPU_BF16_ENV, cpu_has_bf16
-from magpie_exp.pair import choose_pair
+from magpie_exp.stages.pair import choose_pair
 
 SMOL = "embedded:smollm2-135m-instruct"
 
@@ -79,7 +79,7 @@ def test_trained_weights_are_fp32_under_every_precision(monkeypatch, native: str
     """bf16/fp16 is the compute dtype; what the optimizer updates is loaded in fp32, except a frozen LoRA base."""
     import torch
 
-    from magpie_exp.train import load_dtype, save_dtype
+    from magpie_exp.training.precision import load_dtype, save_dtype
 
     monkeypatch.setenv(CPU_BF16_ENV, native)
     for prec in ("auto", "fp32") + (("bf16",) if native == "1" else ()):
@@ -100,7 +100,7 @@ def test_paper_recipes_keep_fp32_master_weights(monkeypatch) -> None:
     import torch
     import yaml
 
-    from magpie_exp.train import load_dtype
+    from magpie_exp.training.precision import load_dtype
 
     monkeypatch.setenv(CPU_BF16_ENV, "1")  # precision=bf16 is checked against the hardware; here: a bf16 machine
     paper = schema("sft=llama3-8b-paper", "dpo=llama3-8b-paper")
@@ -124,7 +124,7 @@ def test_saving_in_bf16_reports_what_rounding_kept(tmp_path: Path) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from magpie_exp.weights import cast_and_compare
+    from magpie_exp.training.weights import cast_and_compare
 
     init, trained = tmp_path / "init", tmp_path / "trained"
     init.mkdir(), trained.mkdir()
@@ -185,7 +185,7 @@ def sft_run(request, tmp_path_factory):
     bf16 it is made to count as having it (emulated: slower, numerically the same), so the GPU path's numerics are
     checked on every CI machine."""
     from magpie_exp.models import embedded_model_dir
-    from magpie_exp.train import run_train
+    from magpie_exp.stages.train import run_train
 
     tmp = tmp_path_factory.mktemp(f"sft-{request.param}")
     with pytest.MonkeyPatch.context() as patch:
@@ -234,7 +234,8 @@ def test_sft_changes_every_parameter_and_keeps_a_chat_template(sft_run) -> None:
 def test_lora_sft_trains_the_adapter_and_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    from magpie_exp.train import run_train, sft_dir_for
+    from magpie_exp.stages.keys import folder
+    from magpie_exp.stages.train import run_train
 
     overrides = [f"input={write_conversations(tmp_path / 'sft.jsonl')}", f"paths.outputs={tmp_path}", "stage=train",
                  "sft.lora.enabled=true", "sft.lora.r=4", "sft.learning_rate=1e-3", *TINY, "sft.warmup_steps=0", "sft.save_total_limit=2"]
@@ -267,9 +268,9 @@ def test_lora_sft_trains_the_adapter_and_resumes_from_its_last_checkpoint(tmp_pa
     assert [e["loss"] for e in again.stats["loss"]] == pytest.approx([e["loss"] for e in first.stats["loss"]], rel=1e-3)
     assert run_train(cfg).cache_hit
     # keep_checkpoints is housekeeping, not a training setting: the same folder
-    assert sft_dir_for(cfg, use_input=True) == out
-    assert sft_dir_for(schema(*overrides, "sft.keep_checkpoints=false"), use_input=True) == out
-    assert sft_dir_for(schema(*overrides, "sft.save_steps=2"), use_input=True) != out
+    assert folder(cfg, "sft") == out
+    assert folder(schema(*overrides, "sft.keep_checkpoints=false"), "sft") == out
+    assert folder(schema(*overrides, "sft.save_steps=2"), "sft") != out
 
 
 @pytest.mark.slow
@@ -277,7 +278,7 @@ def test_dpo_from_the_sft_model_at_the_paper_learning_rate(sft_run, tmp_path: Pa
     """One DPO step at the paper's lr 5e-7 changes every weight under fp32 and under bf16 (fp32 masters: a 5e-7
     step is above half an fp32 step for any weight below 8, and far below half a bf16 step). Saved in bf16, the
     same model loses most of that step, and stats.json says so."""
-    from magpie_exp.train import run_train
+    from magpie_exp.stages.train import run_train
 
     prec, sft, _ = sft_run
     with pytest.MonkeyPatch.context() as patch:
@@ -306,7 +307,7 @@ def test_dpo_from_the_sft_model_at_the_paper_learning_rate(sft_run, tmp_path: Pa
 
 @pytest.mark.slow
 def test_pair_stage_with_vllm_and_a_tiny_reward_model(tmp_path: Path, vllm_engine, tiny_reward_model) -> None:
-    from magpie_exp.pair import run_pair
+    from magpie_exp.stages.pair import run_pair
 
     cfg = schema(f"input={write_conversations(tmp_path / 'in.jsonl')}", f"paths.outputs={tmp_path}", "stage=pair",
                  "engine.enforce_eager=true", "pair.num_responses=3", "pair.max_tokens=32",
@@ -331,7 +332,7 @@ def test_pair_stage_ranks_by_the_judge_score(tmp_path: Path, vllm_engine) -> Non
     integer scores often tie; which ones depends on the numerics, so this asserts what holds on every CPU: every
     instruction is a pair or a counted drop, a pair's chosen score beats its rejected one, a score is 1-10 or a
     counted failure."""
-    from magpie_exp.pair import run_pair
+    from magpie_exp.stages.pair import run_pair
 
     cfg = schema(f"input={write_conversations(tmp_path / 'in.jsonl')}", f"paths.outputs={tmp_path}", "stage=pair",
                  "engine.enforce_eager=true", "pair.num_responses=3", "pair.max_tokens=32", "tag.reward_source=judge",
@@ -371,7 +372,8 @@ def test_two_process_run_on_cpu(tmp_path: Path) -> None:
 
 def test_bad_training_input(tmp_path: Path) -> None:
     from magpie_exp.models import embedded_model_dir
-    from magpie_exp.train import prepare_tokenizer, run_train
+    from magpie_exp.stages.train import run_train
+    from magpie_exp.training.templates import prepare_tokenizer
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from conftest import REPO
 from magpie_exp.config import ConfigError
 from magpie_exp.shards import ShardStore
-from magpie_exp.stages import _jsonl_input
+from magpie_exp.stages.common import _jsonl_input
 from magpie_exp.templates import TemplateError, derive_templates, jinja_render, next_user_prefix
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -182,7 +182,7 @@ def _curate_base():
                                                                       max_size=3, unique_by=lambda r: (r[0], r[1])))
 def test_curate_keeps_only_what_passes_on_real_values_or_says_why_not(tmp_path_factory, rows, rules) -> None:
     from magpie_exp.config import Rule
-    from magpie_exp.curate import run_curate
+    from magpie_exp.stages.curate import run_curate
     from magpie_exp.labels import CATEGORICAL, ORDINAL
 
     tmp = tmp_path_factory.mktemp("curate")

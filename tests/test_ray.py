@@ -18,7 +18,7 @@ from conftest import CACHE, schema
 from magpie_exp.config import ConfigError
 from magpie_exp.engines import Completion, Request, SamplingSpec
 from magpie_exp.engines.ray_engine import cut, join
-from magpie_exp.generate import run_generate
+from magpie_exp.stages.generate import run_generate
 from magpie_exp.shards import ShardStore
 
 EXE = str(Path(sys.executable).with_name("magpie-exp"))

@@ -90,7 +90,7 @@ def test_reading_a_stage_folder_never_changes_it(tmp_path) -> None:
     rewrote its manifest when a shard failed its checksum; a reader now leaves every byte as it was."""
     from conftest import schema
     from magpie_exp.config import ConfigError
-    from magpie_exp.stages import open_input
+    from magpie_exp.stages.common import open_input
 
     folder = tmp_path / "stages" / "generate" / "abc"
     store = ShardStore(folder, "generate", "abc", {"x": 1})
@@ -100,24 +100,24 @@ def test_reading_a_stage_folder_never_changes_it(tmp_path) -> None:
     (folder / "shards" / ".s2.jsonl.tmp-999").write_text("another job's shard in flight")
     cfg = schema(f"input={folder}")
     before = _snapshot(folder)
-    assert [r["id"] for r in open_input(cfg, "tag", lambda: folder).records()] == [_record(0)["id"], _record(1)["id"]]
+    assert [r["id"] for r in open_input(cfg, "tag").records()] == [_record(0)["id"], _record(1)["id"]]
     assert _snapshot(folder) == before
     (folder / "shards" / "s1.jsonl").write_text("tampered\n")
     before = _snapshot(folder)
     with pytest.raises(ConfigError, match=r"shards \['s1'\] of .* fail their checksums; rerun the generate stage"):
-        open_input(cfg, "tag", lambda: folder)
+        open_input(cfg, "tag")
     assert _snapshot(folder) == before  # the manifest still lists s1: its writer, not a reader, redoes it
     (folder / "manifest.json").write_text('{"stage": "generate", "shards": ')
     with pytest.raises(ConfigError, match=r"manifest.json is damaged \(JSONDecodeError.*delete .*abc and run "
                                           r"magpie-exp stage=generate with the config that made it"):
-        open_input(cfg, "tag", lambda: folder)
+        open_input(cfg, "tag")
 
 
 def test_a_bad_line_fails_before_any_record_is_processed(tmp_path) -> None:
     """Line 1,501 of 2,001 was reported after the first 1,000 records were tagged (hours with a real judge)."""
     from conftest import schema
     from magpie_exp.config import ConfigError
-    from magpie_exp.tag import run_tag
+    from magpie_exp.stages.tag import run_tag
 
     lines = [json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]})
              for i in range(2001)]
@@ -157,7 +157,7 @@ def test_a_folder_being_written_is_reported_to_readers_and_waited_for_by_writers
     from conftest import schema
     from magpie_exp.config import ConfigError
     from magpie_exp.shards import writer_of
-    from magpie_exp.stages import open_input
+    from magpie_exp.stages.common import open_input
 
     root = tmp_path / "tag" / "h1"
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(root), "3"], stdout=subprocess.PIPE, text=True)
@@ -166,7 +166,7 @@ def test_a_folder_being_written_is_reported_to_readers_and_waited_for_by_writers
         assert writer_of(root) == f"pid {holder.pid}"
         with pytest.raises(ConfigError, match=rf"'{root}' is being written by another job \(pid {holder.pid}\); run "
                                               "this again when it has finished"):
-            open_input(schema(f"input={root}", "stage=curate"), "curate", lambda: root)
+            open_input(schema(f"input={root}", "stage=curate"), "curate")
         start = time.perf_counter()
         second = ShardStore(root, "tag", "h1", {})  # waits for the first writer
         waited = time.perf_counter() - start
@@ -175,7 +175,7 @@ def test_a_folder_being_written_is_reported_to_readers_and_waited_for_by_writers
     assert holder.returncode == 0  # its temporary file was still there for it
     assert waited > 1.0 and second.complete and sorted(second.done()) == ["s0", "s1"]
     assert writer_of(root) is None
-    assert [r["id"] for r in open_input(schema(f"input={root}", "stage=curate"), "curate", lambda: root).records()] == ["a", "b"]
+    assert [r["id"] for r in open_input(schema(f"input={root}", "stage=curate"), "curate").records()] == ["a", "b"]
 
 
 def test_a_filesystem_without_flock_writes_unguarded_with_a_warning(tmp_path, monkeypatch, caplog) -> None:

@@ -13,8 +13,8 @@ import pytest
 from conftest import schema
 from magpie_exp.config import ConfigError
 from magpie_exp.labels import judge_tasks, parse_guard, parse_judgement
-from magpie_exp.stages import normalize_row
-from magpie_exp.tag import run_tag
+from magpie_exp.stages.common import normalize_row
+from magpie_exp.stages.tag import run_tag
 
 TASKS = judge_tasks()
 

@@ -11,10 +11,10 @@ import re
 from pathlib import Path
 
 from conftest import schema
-from magpie_exp.curate import run_curate
+from magpie_exp.stages.curate import run_curate
 from magpie_exp.engines.fake_engine import FakeEngine
 from magpie_exp.generators import load_side
-from magpie_exp.tag import run_tag
+from magpie_exp.stages.tag import run_tag
 
 SMOL = "embedded:smollm2-135m-instruct"
 QUALITY = {0: '{"explanation": "Clear.", "input_quality": "good"}',  # by question number % 4
@@ -102,7 +102,7 @@ def _pair_script(prompt: str, spec, k: int):
 
 
 def test_pair_stage_keeps_best_against_worst_and_counts_every_drop(tmp_path: Path) -> None:
-    from magpie_exp.pair import run_pair
+    from magpie_exp.stages.pair import run_pair
 
     cfg = schema("stage=pair", f"input={_input(tmp_path, 6)}", f"paths.outputs={tmp_path / 'out'}",
                  "pair.num_responses=3", "tag.reward_source=judge")

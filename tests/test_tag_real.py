@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from conftest import schema
-from magpie_exp.curate import run_curate
-from magpie_exp.generate import run_generate
+from magpie_exp.stages.curate import run_curate
+from magpie_exp.stages.generate import run_generate
 from magpie_exp.labels import QUALITY, TASK_CATEGORIES
-from magpie_exp.tag import run_tag
+from magpie_exp.stages.tag import run_tag
 
 pytestmark = pytest.mark.slow
 SMOL = "embedded:smollm2-135m-instruct"

@@ -1,17 +1,13 @@
-"""What every stage shares: config hashing, stage folders, writable checks, and reading a stage's input.
+"""What every stage shares: writable and free-space checks, the result type, and reading a stage's input.
 
-A stage's folder is ``<paths.outputs>/stages/<stage>/<hash>``, where the hash covers the stage's own config,
-its code version and the key of its input (the upstream stage's config hash, or a file's checksum). So the
-same command resumes or reuses a stage, and a changed upstream gives a new folder.
-
-An input is either a finished stage folder (its shards, in order) or a JSONL file of records in any of the
-common layouts: our records (``messages``), ShareGPT (``conversations`` with ``from``/``value``) or
-``instruction``/``response`` pairs, read in chunks so memory stays flat.
+A stage's folder is named in ``keys`` (its payload, code version and the key of its input). An input is either
+a finished stage folder (its shards, in order) or a JSONL file of records in any of the common layouts: our
+records (``messages``), ShareGPT (``conversations`` with ``from``/``value``) or ``instruction``/``response``
+pairs, read in chunks so memory stays flat. Reading an input never changes it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import time
@@ -24,17 +20,9 @@ from magpie_exp.config import ConfigError, MagpieConfig
 from magpie_exp.files import file_digest
 from magpie_exp.records import Record, record_id
 from magpie_exp.shards import ShardStore, writer_of
+from magpie_exp.stages.keys import CHAIN, folder
 
 _SHAREGPT_ROLE = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-UPSTREAM = {"tag": "generate", "curate": "tag", "pair": "curate", "train": "curate"}
-
-
-def config_hash(payload: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def stage_folder(cfg: MagpieConfig, stage: str, payload: dict[str, Any]) -> Path:
-    return Path(cfg.paths.outputs) / "stages" / stage / config_hash(payload)
 
 
 def check_writable(folder: Path, key: str) -> None:
@@ -197,10 +185,12 @@ def _jsonl_input(path: Path, chunk: int) -> StageInput:
     return StageInput(f"file:{file_digest(path, 16)}", path, names, read, {"stage": "file", "records": filled}, line_of)
 
 
-def open_input(cfg: MagpieConfig, stage: str, upstream_dir: Callable[[], Path], chunk: int = 1000) -> StageInput:
-    """The input of ``stage``: ``cfg.input`` if set, else this config's upstream stage folder (must be complete)."""
-    path = Path(cfg.input).expanduser() if cfg.input else upstream_dir()
-    hint = f"run `magpie-exp stage={UPSTREAM[stage]}` with the same config first, or set input=<stage folder or JSONL file>"
+def open_input(cfg: MagpieConfig, step: str, chunk: int = 1000) -> StageInput:
+    """The input of ``step`` (tag, curate, pair or sft): ``cfg.input`` if set, else this config's upstream stage
+    folder (``keys.folder``), which must be complete."""
+    upstream = CHAIN[step][1]
+    path = Path(cfg.input).expanduser() if cfg.input else folder(cfg, upstream)
+    hint = f"run `magpie-exp stage={upstream}` with the same config first, or set input=<stage folder or JSONL file>"
     if not path.exists():
         raise ConfigError(f"input: '{path}' does not exist; {hint}")
     if path.is_file():
@@ -210,7 +200,7 @@ def open_input(cfg: MagpieConfig, stage: str, upstream_dir: Callable[[], Path], 
     try:
         store = ShardStore.open(path)  # read-only: reading an input never changes it
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        remake = f"magpie-exp stage={path.parent.name}" if path.parent.name in UPSTREAM.values() else "the stage"
+        remake = f"magpie-exp stage={path.parent.name}" if path.parent.name in {s for s, _ in CHAIN.values()} else "the stage"
         raise ConfigError(f"input: {path / 'manifest.json'} is damaged ({type(exc).__name__}: {str(exc)[:80]}); "
                           f"delete {path} and run {remake} with the config that made it") from exc
     if not store.complete:
@@ -224,5 +214,5 @@ def open_input(cfg: MagpieConfig, stage: str, upstream_dir: Callable[[], Path], 
         raise ConfigError(f"input: shards {bad} of '{path}' fail their checksums; rerun the {store.stage} stage to redo them")
     names = sorted(store.manifest["shards"])
     if store.record_count() == 0:
-        raise ConfigError(f"input: stage folder '{path}' holds no records; nothing to {stage}")
+        raise ConfigError(f"input: stage folder '{path}' holds no records; nothing to {step}")
     return StageInput(f"{store.stage}:{store.config_hash}", path, names, store.read_shard, store.manifest)

@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import random
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -25,36 +24,19 @@ from pathlib import Path
 from typing import Any
 
 from magpie_exp import __version__, reasoning
-from magpie_exp.config import ConfigError, GridCell, MagpieConfig, as_plain
+from magpie_exp.config import ConfigError, GridCell, MagpieConfig
 from magpie_exp.engines import Completion, Engine, Request, SamplingSpec, build_engine
 from magpie_exp.generators import Side, load_side
+from magpie_exp.lookahead import LookAhead, waves
 from magpie_exp.records import EXPORT_FILES, Record, export_records, record_id
 from magpie_exp.sanitize import sanitize_instruction
 from magpie_exp.files import stable_seed
 from magpie_exp.shards import ShardStore, wait_for_writer
-from magpie_exp.stages import StageResult, check_writable, config_hash, stage_folder
+from magpie_exp.stages.common import StageResult, check_writable
+from magpie_exp.stages.keys import config_hash, folder, generate_payload
 from magpie_exp.templates import next_user_prefix, response_prompt
 
 log = logging.getLogger(__name__)
-
-# Bump when a change alters what the stage writes for the same config (invalidates stage folders).
-STAGE_VERSION = 1
-
-
-def stage_config(cfg: MagpieConfig) -> dict[str, Any]:
-    """The part of the config that decides what the generate stage writes (and so names its folder)."""
-    gen = as_plain(cfg.generate)
-    for key in ("export", "include_system", "engine_batch"):  # neither exports nor batching change the records
-        gen.pop(key)
-    return {
-        "stage": "generate",
-        "stage_version": STAGE_VERSION,
-        "seed": cfg.seed,
-        "generator": as_plain(cfg.generator),
-        "response_generator": None if cfg.response_generator is None else as_plain(cfg.response_generator),
-        "engine": {"type": cfg.engine.type, "dtype": cfg.engine.dtype},
-        "generate": gen,
-    }
 
 
 @dataclass
@@ -112,8 +94,7 @@ class GenerateStage:
         self.tokens_this_run = 0
         self.engine_seconds = 0.0
         self._provenance: dict[str, Any] | None = None
-        self._memo: dict[tuple, list[Completion]] = {}  # answers drawn ahead for the shards being made (prefetch)
-        self._local = threading.local()  # .ask: where a look-ahead thread sends its engine calls
+        self.ahead = LookAhead()  # answers drawn ahead for the shards being made (prefetch)
 
     # -- set-up -------------------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -157,13 +138,7 @@ class GenerateStage:
 
     def _call(self, side: Side, requests: list[Request]) -> list[list[Completion]]:
         """The answers to ``requests``: drawn ahead by ``prefetch`` where it could, from the engine otherwise."""
-        ask = getattr(self._local, "ask", None)
-        if ask is not None:  # a look-ahead thread: its calls join the wave's next engine call
-            return ask(side, requests)
-        keys = [_memo_key(side, r) for r in requests]
-        missing = [i for i, key in enumerate(keys) if key is None or key not in self._memo]
-        drawn = dict(zip(missing, self._engine_call(side, [requests[i] for i in missing]), strict=True)) if missing else {}
-        return [drawn[i] if i in drawn else self._memo[key] for i, key in enumerate(keys)]
+        return self.ahead.answers(side, requests, self._engine_call)
 
     def _engine_call(self, side: Side, requests: list[Request]) -> list[list[Completion]]:
         engine = self._engine(side)
@@ -188,11 +163,10 @@ class GenerateStage:
         a later shard drew first) goes to the engine then. A seeded request gets the same answer in any batch
         (bf16 aside: there batching changes draws, as it always has)."""
         self.start_engines()  # on this thread, never in a look-ahead thread
-        wave = _Wave(self, plans, seen)
-        wave.run()
+        self.ahead.run_wave(plans, seen, self.make_shard, self._engine_call)
 
     def forget(self) -> None:
-        self._memo.clear()
+        self.ahead.forget()
 
     # -- sampling specs -------------------------------------------------------------------------------------------
     def _instruction_spec(self, cell: GridCell, n: int, seed: int) -> SamplingSpec:
@@ -423,99 +397,6 @@ class GenerateStage:
         }
         return {"id": conv.id, "messages": messages, "gen": gen, "tags": {}}
 
-def _memo_key(side: Side, request: Request) -> tuple | None:
-    """What decides a seeded request's answer; unseeded requests are never answered twice alike."""
-    if request.sampling.seed is None or request.messages is not None:
-        return None
-    return side.key, tuple(request.prompt_token_ids), request.sampling
-
-
-class _AheadSeen:
-    """The ids a look-ahead shard must not repeat: those accepted before the wave and, as far as the look-ahead
-    has got, by the wave's earlier shards (made one by one, they would all be in ``seen`` by then)."""
-
-    def __init__(self, before: set[str], accepted: list[set[str]], index: int) -> None:
-        self.before, self.accepted, self.index = before, accepted, index
-
-    def __contains__(self, rid: object) -> bool:
-        return rid in self.before or any(rid in ids for ids in self.accepted[:self.index + 1])
-
-    def add(self, rid: str) -> None:
-        self.accepted[self.index].add(rid)
-
-    def discard(self, rid: str) -> None:
-        self.accepted[self.index].discard(rid)
-
-
-class _Wave:
-    """Makes a wave's shards in look-ahead threads that run one at a time, in shard order (so tokenizers and
-    counters are never shared across threads and the forecast is the same on every run); once each has asked for
-    its next answers or finished, their requests go to the engine as one call per engine, from this thread."""
-
-    def __init__(self, stage: GenerateStage, plans: list[ShardPlan], seen: set[str]) -> None:
-        self.stage, self.plans = stage, plans
-        accepted: list[set[str]] = [set() for _ in plans]
-        self.seen = [_AheadSeen(seen, accepted, i) for i in range(len(plans))]
-        self.go = [threading.Semaphore(0) for _ in plans]
-        self.back = threading.Semaphore(0)
-        self.asked: dict[int, tuple[Side, list[Request]]] = {}
-        self.answers: dict[int, list[list[Completion]] | BaseException] = {}
-
-    def ask(self, index: int, side: Side, requests: list[Request]) -> list[list[Completion]]:
-        self.asked[index] = (side, list(requests))
-        self.back.release()
-        self.go[index].acquire()
-        answer = self.answers.pop(index)
-        if isinstance(answer, BaseException):
-            raise RuntimeError("look-ahead engine call failed") from answer
-        return answer
-
-    def _shard(self, index: int) -> None:
-        self.stage._local.ask = lambda side, requests: self.ask(index, side, requests)
-        self.go[index].acquire()
-        try:
-            self.stage.make_shard(self.plans[index], self.seen[index])  # type: ignore[arg-type]
-        except Exception as exc:  # noqa: BLE001 - only a forecast: the real pass meets (and raises) it again
-            log.debug("generate: look-ahead of shard %s stopped early: %s", self.plans[index].name, exc)
-        finally:
-            self.back.release()
-
-    def _step(self, index: int) -> None:
-        """Let thread ``index`` run until it asks again or ends."""
-        self.go[index].release()
-        self.back.acquire()
-
-    def run(self) -> None:
-        threads = [threading.Thread(target=self._shard, args=(i,), daemon=True, name=f"look-ahead-{p.name}")
-                   for i, p in enumerate(self.plans)]
-        for thread in threads:
-            thread.start()
-        for index in range(len(self.plans)):
-            self._step(index)
-        while self.asked:
-            batch, self.asked = self.asked, {}
-            for key in dict.fromkeys(side.key for side, _ in batch.values()):  # one call per engine
-                indices = [i for i, (side, _) in batch.items() if side.key == key]
-                side = batch[indices[0]][0]
-                requests = [r for i in indices for r in batch[i][1]]
-                try:
-                    outputs = self.stage._engine_call(side, requests)
-                except Exception as exc:  # noqa: BLE001 - handed to the asking threads, which stop
-                    self.answers.update({i: exc for i in indices})
-                    continue
-                for request, output in zip(requests, outputs, strict=True):
-                    if (memo := _memo_key(side, request)) is not None:
-                        self.stage._memo[memo] = output
-                start = 0
-                for i in indices:
-                    self.answers[i] = outputs[start:start + len(batch[i][1])]
-                    start += len(batch[i][1])
-            for index in sorted(batch):
-                self._step(index)
-        for thread in threads:
-            thread.join()
-
-
 GenerateResult = StageResult
 
 
@@ -550,21 +431,6 @@ def aggregate_stats(store: ShardStore, requested: int) -> dict[str, Any]:
     }
 
 
-def _waves(plans: list[ShardPlan], engine_batch: int) -> list[list[ShardPlan]]:
-    """Consecutive shards holding about ``engine_batch`` records between them (at least one shard each)."""
-    waves: list[list[ShardPlan]] = []
-    for plan in plans:
-        if waves and sum(p.size for p in waves[-1]) + plan.size <= engine_batch:
-            waves[-1].append(plan)
-        else:
-            waves.append([plan])
-    return waves
-
-
-def stage_dir_for(cfg: MagpieConfig) -> Path:
-    return stage_folder(cfg, "generate", stage_config(cfg))
-
-
 def run_generate(
     cfg: MagpieConfig,
     engines: dict[str, Engine] | None = None,
@@ -579,8 +445,8 @@ def run_generate(
     from tqdm.auto import tqdm
 
     check_writable(Path(cfg.paths.outputs), "paths.outputs")
-    stage_dir = Path(stage_dir) if stage_dir is not None else stage_dir_for(cfg)
-    payload = stage_config(cfg)
+    stage_dir = Path(stage_dir) if stage_dir is not None else folder(cfg, "generate")
+    payload = generate_payload(cfg)
     plans = plan_shards(cfg)
     total = sum(p.size for p in plans)
     export_dir = stage_dir / "export"
@@ -620,7 +486,7 @@ def run_generate(
                       dynamic_ncols=True, smoothing=0.1) as bar:
                 stage.progress = bar
                 stage.start_engines()  # their start-up is not generation time
-                for wave in _waves(todo, cfg.generate.engine_batch):
+                for wave in waves(todo, cfg.generate.engine_batch):
                     start = time.perf_counter()
                     if len(wave) > 1:
                         stage.prefetch(wave, seen)

@@ -28,44 +28,19 @@ from typing import Any
 import numpy as np
 
 from magpie_exp import __version__
-from magpie_exp.config import ConfigError, MagpieConfig, as_plain, validate_engine
+from magpie_exp.config import MagpieConfig, need, validate_engine
 from magpie_exp.decontam import BENCHMARKS, Counts
 from magpie_exp.engines import Engine
 from magpie_exp.labels import DIFFICULTY, QUALITY
 from magpie_exp.records import EXPORT_FILES, Record, export_records
 from magpie_exp.files import atomic_write_bytes
 from magpie_exp.shards import ShardStore, wait_for_writer
-from magpie_exp.stages import StageInput, StageResult, check_writable, config_hash, open_input, stage_folder
-from magpie_exp.taggers import ORDER, TAGGER_CLASSES, DecontamTagger, Models, Tagger
+from magpie_exp.stages.common import StageInput, StageResult, check_writable, open_input
+from magpie_exp.stages.keys import config_hash, folder, tag_payload
+from magpie_exp.chat import Models
+from magpie_exp.taggers import ORDER, TAGGER_CLASSES, DecontamTagger, Tagger
 
 log = logging.getLogger(__name__)
-
-STAGE_VERSION = 1
-
-
-def stage_config(cfg: MagpieConfig, input_key: str) -> dict[str, Any]:
-    tag = as_plain(cfg.tag)
-    tag.pop("plots")
-    tag["taggers"] = sorted(set(tag["taggers"]))
-    if "decontam" in tag["taggers"]:  # which evaluation files it compares with
-        tag["decontam"]["sources"] = {"data_dir": cfg.evaluation.data_dir,
-                                      "lm_eval_local_data": dict(cfg.evaluation.lm_eval.local_data)}
-    else:
-        tag.pop("decontam")
-    return {"stage": "tag", "stage_version": STAGE_VERSION, "input": input_key, "seed": cfg.seed,
-            "engine": {"type": cfg.engine.type, "dtype": cfg.engine.dtype}, "tag": tag}
-
-
-def upstream_dir(cfg: MagpieConfig) -> Path:
-    from magpie_exp.generate import stage_dir_for
-
-    return stage_dir_for(cfg)
-
-
-def stage_dir_for(cfg: MagpieConfig, source: StageInput | None = None) -> Path:
-    source = source or open_input(cfg, "tag", lambda: upstream_dir(cfg))
-    return stage_folder(cfg, "tag", stage_config(cfg, source.key))
-
 
 def _rank_value(tags: dict[str, Any], key: str) -> Any:
     """Sort value for a dedup keep key (smaller sorts first = better)."""
@@ -82,7 +57,7 @@ class TagStage:
     def __init__(self, cfg: MagpieConfig, source: StageInput, stage_dir: Path, engines: dict[str, Engine] | None,
                  show_progress: bool) -> None:
         self.cfg, self.source, self.stage_dir = cfg, source, stage_dir
-        self.payload = stage_config(cfg, source.key)
+        self.payload = tag_payload(cfg, source.key)
         self.hash = config_hash(self.payload)
         self.models = Models(cfg, engines)
         self.show_progress = show_progress
@@ -266,9 +241,9 @@ def run_tag(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, stage_d
             show_progress: bool = True, export: list[str] | None = None) -> StageResult:
     """Run (or resume, or reuse) the tag stage; ``engines`` maps model specs to already-built engines."""
     check_writable(Path(cfg.paths.outputs), "paths.outputs")
-    source = open_input(cfg, "tag", lambda: upstream_dir(cfg))
-    stage_dir = Path(stage_dir) if stage_dir is not None else stage_dir_for(cfg, source)
-    payload = stage_config(cfg, source.key)
+    source = open_input(cfg, "tag")
+    stage_dir = Path(stage_dir) if stage_dir is not None else folder(cfg, "tag", source.key)
+    payload = tag_payload(cfg, source.key)
     formats = list(export if export is not None else ["records", "hf"])
     export_dir = stage_dir / "export"
 
@@ -319,14 +294,10 @@ def run_tag(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, stage_d
 
 
 def check_tag_config(cfg: MagpieConfig) -> None:
-    """Cross-key checks of ``tag`` (called by ``config.validate``)."""
+    """Cross-key checks of ``tag`` (gathered by ``magpie_exp.checks``)."""
     from magpie_exp.config import JUDGE_TAGGERS, TAGGERS
 
     t = cfg.tag
-
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise ConfigError(message)
 
     unknown = [n for n in t.taggers if n not in TAGGERS]
     need(not unknown, f"tag.taggers has unknown tagger(s) {unknown}; choose from {list(TAGGERS)}")

