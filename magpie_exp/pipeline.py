@@ -27,7 +27,7 @@ from typing import Any
 
 from magpie_exp.config import ConfigError, GeneratorConfig, MagpieConfig
 from magpie_exp.engines import Engine
-from magpie_exp.runner import run_stage_result
+from magpie_exp.runner import run_step
 from magpie_exp.stages import STEPS
 from magpie_exp.stages.common import StageResult
 from magpie_exp.tracking import Tracker
@@ -53,10 +53,10 @@ def _remove(folder: Path, step: str) -> None:
         shutil.rmtree(folder)
 
 
-def _forced_folders(step: str, cfg: MagpieConfig) -> list[Path]:
+def _forced_folders(step: str, cfg: MagpieConfig, args: dict[str, Any]) -> list[Path]:
     """The folders a forced step writes (computed exactly as the step computes them)."""
     try:
-        return STEPS[step].folders(cfg)
+        return STEPS[step].folders(cfg, **args)
     except ConfigError:
         return []  # its input does not exist yet: nothing cached to remove
 
@@ -189,19 +189,22 @@ class Pipeline:
         self.scores: dict[str, dict[str, Any]] = {}
         self.pool = EnginePool(cfg, engines)
 
-    def _run(self, step: str, cfg: MagpieConfig) -> StageResult:
-        if step.split(":")[0] in self.cfg.force:
-            for folder in _forced_folders(step.split(":")[0], cfg):
-                _remove(folder, step)
-        if cfg.stage == "train":
+    def _run(self, step: str, name: str | None = None, **args: Any) -> StageResult:
+        """Run ``step`` on this run's config with its arguments (``stages.Step``: what it reads, DPO's starting
+        model, the model evaluated), recorded as ``name``."""
+        name = name or step
+        if step in self.cfg.force:
+            for folder in _forced_folders(step, self.cfg, args):
+                _remove(folder, name)
+        if STEPS[step].stage == "train":
             self.pool.close()  # training needs the memory (on a GPU node, the GPUs) the engines hold
         start = time.perf_counter()
-        result = run_stage_result(cfg, engines=self.pool)
+        result = run_step(step, self.cfg, self.pool, **args)
         seconds = time.perf_counter() - start
-        record = StepRecord(step, str(result.stage_dir), result.cache_hit, seconds, result.stats)
+        record = StepRecord(name, str(result.stage_dir), result.cache_hit, seconds, result.stats)
         self.records.append(record)
-        log.info("pipeline: %s %s in %.1f s: %s", step, "cache hit" if result.cache_hit else "ran", seconds, result.stage_dir)
-        self.tracker.log_stage(step.replace(":", "/"), result.stats, seconds, result.cache_hit, str(result.stage_dir))
+        log.info("pipeline: %s %s in %.1f s: %s", name, "cache hit" if result.cache_hit else "ran", seconds, result.stage_dir)
+        self.tracker.log_stage(name.replace(":", "/"), result.stats, seconds, result.cache_hit, str(result.stage_dir))
         self._write()
         return result
 
@@ -228,24 +231,24 @@ class Pipeline:
             from magpie_exp.rules import check_tagged_fields
 
             check_tagged_fields(cfg, list(cfg.tag.taggers))
-        replace = dataclasses.replace
         previous: StageResult | None = None
         results: dict[str, StageResult] = {}
+
+        def made(step: str) -> str | None:  # the folder ``step`` made in this run, else ``input``
+            return str(results[step].stage_dir) if step in results else cfg.input
+
         for step in stages:
-            if step in ("generate", "tag", "curate", "pair"):
-                source = cfg.input if previous is None else str(previous.stage_dir)
-                if step == "pair":  # pairs come from the curated set, whatever ran just before
-                    source = str(results["curate"].stage_dir) if "curate" in results else cfg.input
-                sub = replace(cfg, stage=step, input=source if step != "generate" else None)
-                previous = results[step] = self._run(step, sub)
+            if step == "generate":
+                previous = results[step] = self._run(step)
+            elif step in ("tag", "curate"):  # each reads the folder made just before it
+                previous = results[step] = self._run(step, upstream=cfg.input if previous is None else str(previous.stage_dir))
+            elif step == "pair":  # pairs come from the curated set, whatever ran just before
+                previous = results[step] = self._run(step, upstream=made("curate"))
             elif step == "sft":
-                source = str(results["curate"].stage_dir) if "curate" in results else cfg.input
-                results["sft"] = self._run("sft", replace(cfg, stage="train", trainer="sft", input=source))
+                results["sft"] = self._run("sft", upstream=made("curate"))
             elif step == "dpo":
-                source = str(results["pair"].stage_dir) if "pair" in results else cfg.input
-                init = results["sft"].exports["model"] if "sft" in results else cfg.dpo.init_from
-                dpo = replace(cfg.dpo, init_from=init)
-                results["dpo"] = self._run("dpo", replace(cfg, stage="train", trainer="dpo", input=source, dpo=dpo))
+                init = results["sft"].exports["model"] if "sft" in results else None  # else dpo.init_from
+                results["dpo"] = self._run("dpo", upstream=made("pair"), init=init)
             elif step == "evaluate":
                 self._evaluate(results)
         self._write()
@@ -268,8 +271,7 @@ class Pipeline:
                     folder = trained_model(cfg, name)  # trained by an earlier run
                     targets.append((name, str(folder)))
         for label, model in targets:
-            sub = dataclasses.replace(cfg, stage="evaluate", evaluation=dataclasses.replace(ev, model=model, label=label))
-            result = self._run(f"evaluate:{label}", sub)
+            result = self._run("evaluate", f"evaluate:{label}", model=model, label=label)
             self.scores[label] = result.stats["benchmarks"]
             self.tracker.log_scores(label, result.stats["benchmarks"])
             rows = []

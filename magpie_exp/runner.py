@@ -23,12 +23,18 @@ def setup_environment(cache_dir: Path) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def run_stage_result(cfg: MagpieConfig, engines: Any = None) -> StageResult:
-    """Run the one stage ``cfg.stage`` names (not the pipeline); returns its folder, stats and cache hit.
-
-    ``engines`` (model spec -> engine, or the pipeline's pool) lends engines to the stages that generate."""
+def run_step(step: str, cfg: MagpieConfig, engines: Any = None, **args: Any) -> StageResult:
+    """Run one step of the pipeline (generate, tag, curate, pair, sft, dpo or evaluate) with its arguments (see
+    ``stages.Step``); ``engines`` (model spec -> engine, or the pipeline's pool) lends engines to the steps that
+    generate text."""
     setup_environment(Path(cfg.paths.cache_dir))
+    entry = STEPS[step]
+    return entry.run(cfg, engines if entry.generates else None, **args)
+
+
+def run_stage_result(cfg: MagpieConfig, engines: Any = None) -> StageResult:
+    """Run the one stage ``cfg.stage`` names (the command's ``stage=...``, not the pipeline); returns its folder,
+    stats and cache hit."""
     if cfg.stage not in {s.stage for s in STEPS.values()}:
         raise ConfigError(f"stage must be one of {', '.join(STAGES)}; got {cfg.stage!r}")
-    step = step_of(cfg)
-    return step.run(cfg, engines if step.generates else None)
+    return run_step(step_of(cfg).name, cfg, engines)

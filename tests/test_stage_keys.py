@@ -52,11 +52,17 @@ def test_folders_are_named_from_the_config_alone_and_each_stage_writes_there(tmp
         assert manifest["config_hash"] == result.stage_dir.name, step
     assert results["pair"].stats["pairs"] >= 1
 
-    # fed the upstream folder explicitly, as the pipeline feeds each step, a step names the same folder
+    # fed the upstream folder explicitly, as the pipeline feeds each step (an argument) or a user does (input=),
+    # a step names the same folder, and running it there is a cache hit
     upstream = {"tag": "generate", "curate": "tag", "pair": "curate", "sft": "curate", "dpo": "pair"}
     for step, up in upstream.items():
-        explicit = schema(f"paths.outputs={tmp_path}", *COMMON, f"input={results[up].stage_dir}")
-        assert keys.folder(explicit, step) == named[step], step
+        given = str(results[up].stage_dir)
+        assert keys.folder(cfg, step, upstream=given) == named[step], step
+        assert keys.folder(schema(f"paths.outputs={tmp_path}", *COMMON, f"input={given}"), step) == named[step], step
+    again = run_tag(cfg, engines=engines, show_progress=False, upstream=str(results["generate"].stage_dir))
+    assert again.cache_hit and again.stage_dir == named["tag"]
+    again = run_pair(cfg, engines=engines, show_progress=False, upstream=str(results["curate"].stage_dir))
+    assert again.cache_hit and again.stage_dir == named["pair"]
     # a JSONL file as input is keyed by its checksum: another folder, and the same one for the same bytes
     jsonl = tmp_path / "pairs.jsonl"
     jsonl.write_bytes((results["pair"].stage_dir / "export" / "pairs.jsonl").read_bytes())

@@ -23,10 +23,14 @@ def _fingerprint(folder: Path) -> str:
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
 
 
-def resolve_candidate(cfg: MagpieConfig, trained: Path | None) -> Candidate:
-    """The model ``evaluation.model`` names; null means ``trained``, this config's trained model folder."""
+def resolve_candidate(cfg: MagpieConfig, trained: Path | None, model: str | None = None,
+                      label: str | None = None) -> Candidate:
+    """The model to evaluate: ``model`` (the pipeline's choice) or ``evaluation.model``; null means ``trained``,
+    this config's trained model folder. ``label`` (else ``evaluation.label``) names it in tables."""
     ev = cfg.evaluation
-    if ev.model is None:
+    model = ev.model if model is None else model
+    label = ev.label if label is None else label
+    if model is None:
         fix = "run `magpie-exp stage=train` with the same config first, or set evaluation.model=<model folder>"
         if trained is None:
             raise ValueError("resolve_candidate: evaluation.model is null, so pass this config's trained model folder")
@@ -34,11 +38,11 @@ def resolve_candidate(cfg: MagpieConfig, trained: Path | None) -> Candidate:
         if not (folder / "config.json").exists():
             raise ConfigError(f"evaluation.model is null and this config's trained {cfg.trainer.upper()} model "
                               f"'{folder}' does not exist; {fix}")
-        spec, label = str(folder), ev.label or f"{cfg.trainer}-{folder.parent.name}"
-    elif ev.model == "generator":
-        spec, label = cfg.generator.model, ev.label or cfg.generator.name
+        spec, label = str(folder), label or f"{cfg.trainer}-{folder.parent.name}"
+    elif model == "generator":
+        spec, label = cfg.generator.model, label or cfg.generator.name
     else:
-        spec, label = ev.model, ev.label or Path(ev.model).name.replace("embedded:", "")
+        spec, label = model, label or Path(model).name.replace("embedded:", "")
         path = Path(spec).expanduser()
         if not spec.startswith("embedded:") and not path.exists() and (spec.startswith(("/", ".", "~")) or spec.count("/") != 1):
             raise ConfigError(f"evaluation.model: '{spec}' does not exist; give a model folder, embedded:<name>, a hub id, "

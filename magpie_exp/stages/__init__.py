@@ -24,63 +24,66 @@ def _generate(cfg: MagpieConfig, engines: Any) -> StageResult:
     return run_generate(cfg, engines)
 
 
-def _tag(cfg: MagpieConfig, engines: Any) -> StageResult:
+def _tag(cfg: MagpieConfig, engines: Any, upstream: str | None = None) -> StageResult:
     from magpie_exp.stages.tag import run_tag
 
-    return run_tag(cfg, engines)
+    return run_tag(cfg, engines, upstream=upstream)
 
 
-def _curate(cfg: MagpieConfig, engines: Any) -> StageResult:
+def _curate(cfg: MagpieConfig, engines: Any, upstream: str | None = None) -> StageResult:
     from magpie_exp.stages.curate import run_curate
 
-    return run_curate(cfg)
+    return run_curate(cfg, upstream=upstream)
 
 
-def _pair(cfg: MagpieConfig, engines: Any) -> StageResult:
+def _pair(cfg: MagpieConfig, engines: Any, upstream: str | None = None) -> StageResult:
     from magpie_exp.stages.pair import run_pair
 
-    return run_pair(cfg, engines)
+    return run_pair(cfg, engines, upstream=upstream)
 
 
-def _sft(cfg: MagpieConfig, engines: Any) -> StageResult:
+def _sft(cfg: MagpieConfig, engines: Any, upstream: str | None = None) -> StageResult:
     from magpie_exp.stages.train import run_sft
 
-    return run_sft(cfg)
+    return run_sft(cfg, upstream)
 
 
-def _dpo(cfg: MagpieConfig, engines: Any) -> StageResult:
+def _dpo(cfg: MagpieConfig, engines: Any, upstream: str | None = None, init: str | None = None) -> StageResult:
     from magpie_exp.stages.train import run_dpo
 
-    return run_dpo(cfg)
+    return run_dpo(cfg, upstream, init)
 
 
-def _evaluate(cfg: MagpieConfig, engines: Any) -> StageResult:
+def _evaluate(cfg: MagpieConfig, engines: Any, model: str | None = None, label: str | None = None) -> StageResult:
     from magpie_exp.stages.evaluate import run_evaluate
 
-    return run_evaluate(cfg, engines)
+    return run_evaluate(cfg, engines, model=model, label=label)
 
 
-def _keyed_folder(step: str) -> Callable[[MagpieConfig], list[Path]]:
-    def folders(cfg: MagpieConfig) -> list[Path]:
+def _keyed_folder(step: str) -> Callable[..., list[Path]]:
+    def folders(cfg: MagpieConfig, upstream: str | None = None, init: str | None = None) -> list[Path]:
         from magpie_exp.stages.keys import folder
 
-        return [folder(cfg, step)]
+        return [folder(cfg, step, upstream=upstream, init=init)]
 
     return folders
 
 
-def _evaluate_folders(cfg: MagpieConfig) -> list[Path]:
+def _evaluate_folders(cfg: MagpieConfig, model: str | None = None, label: str | None = None) -> list[Path]:
     from magpie_exp.stages.evaluate import evaluate_folders
 
-    return evaluate_folders(cfg)
+    return evaluate_folders(cfg, model, label)
 
 
 @dataclass(frozen=True)
 class Step:
     name: str  # as pipeline.stages and force name it
     stage: str  # the stage=... that runs it alone (sft and dpo: train, with trainer=sft|dpo)
-    run: Callable[[MagpieConfig, Any], StageResult]  # (config, engines to borrow) -> result
-    folders: Callable[[MagpieConfig], list[Path]]  # the folders it writes for a config (what force removes)
+    # (config, engines to borrow, the step's arguments) -> result; the arguments are what the pipeline hands a step
+    # instead of rewriting its config: upstream (the folder or file it reads), init (DPO's starting model),
+    # model and label (the model evaluated); each falls back to the config (input, dpo.init_from, evaluation.model)
+    run: Callable[..., StageResult]
+    folders: Callable[..., list[Path]]  # (config, the same arguments) -> the folders it writes (what force removes)
     generates: bool  # it generates text, so it borrows engines (a dict, or the pipeline's pool)
 
 

@@ -185,12 +185,13 @@ def _jsonl_input(path: Path, chunk: int) -> StageInput:
     return StageInput(f"file:{file_digest(path, 16)}", path, names, read, {"stage": "file", "records": filled}, line_of)
 
 
-def open_input(cfg: MagpieConfig, step: str, chunk: int = 1000) -> StageInput:
-    """The input of ``step`` (tag, curate, pair or sft): ``cfg.input`` if set, else this config's upstream stage
-    folder (``keys.folder``), which must be complete."""
-    upstream = CHAIN[step][1]
-    path = Path(cfg.input).expanduser() if cfg.input else folder(cfg, upstream)
-    hint = f"run `magpie-exp stage={upstream}` with the same config first, or set input=<stage folder or JSONL file>"
+def open_input(cfg: MagpieConfig, step: str, upstream: str | None = None, chunk: int = 1000) -> StageInput:
+    """The input of ``step`` (tag, curate, pair or sft): ``upstream`` (what the pipeline hands it), else
+    ``cfg.input`` if set, else this config's upstream stage folder (``keys.folder``), which must be complete."""
+    before = CHAIN[step][1]
+    given = upstream or cfg.input
+    path = Path(given).expanduser() if given else folder(cfg, before)
+    hint = f"run `magpie-exp stage={before}` with the same config first, or set input=<stage folder or JSONL file>"
     if not path.exists():
         raise ConfigError(f"input: '{path}' does not exist; {hint}")
     if path.is_file():

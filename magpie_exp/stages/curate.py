@@ -151,11 +151,13 @@ def check_inputs(cfg: MagpieConfig, source: StageInput, sample: int = 1000) -> N
                              "contaminated": " (curate.decontaminate=false)"}.get(name, ""))
 
 
-def run_curate(cfg: MagpieConfig, stage_dir: Path | None = None, show_progress: bool = True) -> StageResult:
+def run_curate(cfg: MagpieConfig, stage_dir: Path | None = None, show_progress: bool = True,
+               upstream: str | None = None) -> StageResult:
+    """Run (or reuse) the curate stage on ``upstream`` (else ``input``, else this config's tag folder)."""
     from tqdm.auto import tqdm
 
     check_writable(Path(cfg.paths.outputs), "paths.outputs")
-    source = open_input(cfg, "curate")
+    source = open_input(cfg, "curate", upstream)
     check_inputs(cfg, source)
     payload = curate_payload(cfg, source.key)
     stage_dir = Path(stage_dir) if stage_dir is not None else stage_folder(cfg, "curate", payload)

@@ -93,14 +93,16 @@ def check_evaluation_config(cfg: MagpieConfig) -> None:
 
 
 class EvaluateStage:
-    def __init__(self, cfg: MagpieConfig, engines: dict[str, Engine] | None) -> None:
+    def __init__(self, cfg: MagpieConfig, engines: dict[str, Engine] | None, model: str | None = None,
+                 label: str | None = None) -> None:
         from magpie_exp.chat import ChatModel
 
         self.cfg, self.ev = cfg, cfg.evaluation
         self.cache_dir = Path(cfg.paths.cache_dir)
         self.root = Path(cfg.paths.outputs) / "stages" / "evaluate"
         self.engines = engines if engines is not None else {}
-        self.cand = resolve_candidate(cfg, keys.trained_model(cfg, cfg.trainer) if cfg.evaluation.model is None else None)
+        trained = keys.trained_model(cfg, cfg.trainer) if (model or cfg.evaluation.model) is None else None
+        self.cand = resolve_candidate(cfg, trained, model, label)
         self.items = {b: subset(LOADERS[b](self.ev.data_dir, self.cache_dir), self.ev.limit, self.ev.sample, cfg.seed)
                       for b in self.ev.benchmarks if b in LOADERS}
         self.judge_prompts = mt_bench_judge_prompts(self.ev.data_dir, self.cache_dir) if "mt_bench" in self.ev.benchmarks else {}
@@ -293,10 +295,10 @@ def stage_payload(stage: EvaluateStage) -> dict[str, Any]:
             "bootstrap_rounds": ev.bootstrap_rounds}
 
 
-def evaluate_folders(cfg: MagpieConfig) -> list[Path]:
-    """Every folder the evaluate stage writes for ``cfg``: the stage folder, then each benchmark's answers and
-    judgments (what ``force=[evaluate]`` removes)."""
-    stage = EvaluateStage(cfg, None)
+def evaluate_folders(cfg: MagpieConfig, model: str | None = None, label: str | None = None) -> list[Path]:
+    """Every folder the evaluate stage writes for ``cfg`` (and ``model``, ``label``: see ``run_evaluate``): the stage
+    folder, then each benchmark's answers and judgments (what ``force=[evaluate]`` removes)."""
+    stage = EvaluateStage(cfg, None, model, label)
     folders = [stage.root / config_hash(stage_payload(stage))]
     for bench in stage.items:
         answers = stage.answers_payload(bench)
@@ -305,12 +307,14 @@ def evaluate_folders(cfg: MagpieConfig) -> list[Path]:
     return folders
 
 
-def run_evaluate(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, show_progress: bool = True) -> StageResult:
-    """Answer, judge and score every benchmark in ``evaluation.benchmarks``; ``engines`` maps model specs to engines."""
+def run_evaluate(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, show_progress: bool = True,
+                 model: str | None = None, label: str | None = None) -> StageResult:
+    """Answer, judge and score every benchmark in ``evaluation.benchmarks``; ``engines`` maps model specs to engines.
+    ``model`` and ``label`` (the pipeline's choice) stand for ``evaluation.model`` and ``evaluation.label``."""
     from magpie_exp.records import write_jsonl
 
     check_writable(Path(cfg.paths.outputs), "paths.outputs")
-    stage = EvaluateStage(cfg, engines)  # a bad model, benchmark or data file fails here, before any engine starts
+    stage = EvaluateStage(cfg, engines, model, label)  # a bad model, benchmark or data file fails here, before any engine starts
     payload = stage_payload(stage)
     out = Path(cfg.paths.outputs) / "stages" / "evaluate" / config_hash(payload)
     if (out / "scores.json").exists():

@@ -98,23 +98,26 @@ def dpo_payload(cfg: MagpieConfig, input_key: str, init_path: str) -> dict[str, 
             "init": config_hash({"init": init_path}), "seed": cfg.seed, "dpo": dpo}
 
 
-def dpo_init(cfg: MagpieConfig) -> str:
-    """The model DPO starts from, as the train stage loads it: ``dpo.init_from`` resolved, or this config's SFT
-    model (from the curated data, whatever ``input`` says, since a DPO config's input is its pairs)."""
-    if cfg.dpo.init_from:
+def dpo_init(cfg: MagpieConfig, init: str | None = None) -> str:
+    """The model DPO starts from, as the train stage loads it: ``init`` (the pipeline's SFT model) or
+    ``dpo.init_from`` resolved, or this config's SFT model (from the curated data, whatever ``input`` says, since a
+    DPO config's input is its pairs)."""
+    if init or cfg.dpo.init_from:
         from magpie_exp.models import resolve_model
 
-        return resolve_model(cfg.dpo.init_from, Path(cfg.paths.cache_dir), key="dpo.init_from")
+        return resolve_model(init or cfg.dpo.init_from, Path(cfg.paths.cache_dir), key="dpo.init_from")
     import dataclasses
 
     return str((folder(dataclasses.replace(cfg, input=None), "sft") / "model").expanduser().resolve())
 
 
-def input_key(cfg: MagpieConfig, step: str) -> str:
-    """The key of ``step``'s input: ``input`` when set (a stage folder's ``<stage>:<hash>`` from its manifest, or a
-    file's checksum), else the upstream step of this config, from the config alone."""
-    if cfg.input:
-        path = Path(cfg.input).expanduser()
+def input_key(cfg: MagpieConfig, step: str, upstream: str | None = None) -> str:
+    """The key of ``step``'s input: ``upstream`` (what the pipeline hands it) or ``input`` when set (a stage folder's
+    ``<stage>:<hash>`` from its manifest, or a file's checksum), else the upstream step of this config, from the
+    config alone."""
+    given = upstream or cfg.input
+    if given:
+        path = Path(given).expanduser()
         if path.is_dir():
             try:
                 manifest = json.loads((path / "manifest.json").read_text())
@@ -131,19 +134,22 @@ def input_key(cfg: MagpieConfig, step: str) -> str:
     return f"{CHAIN[upstream][0]}:{config_hash(payload(cfg, upstream))}"
 
 
-def payload(cfg: MagpieConfig, step: str, key: str | None = None) -> dict[str, Any]:
-    """``step``'s payload; ``key`` is the key of the input it reads (computed by ``input_key`` when not given)."""
+def payload(cfg: MagpieConfig, step: str, key: str | None = None, upstream: str | None = None,
+            init: str | None = None) -> dict[str, Any]:
+    """``step``'s payload; ``key`` is the key of the input it reads (else computed by ``input_key`` from
+    ``upstream``, ``input`` or the config), ``init`` the model DPO starts from (else ``dpo_init``)."""
     if step == "generate":
         return generate_payload(cfg)
-    key = input_key(cfg, step) if key is None else key
+    key = input_key(cfg, step, upstream) if key is None else key
     if step == "dpo":
-        return dpo_payload(cfg, key, dpo_init(cfg))
+        return dpo_payload(cfg, key, dpo_init(cfg, init))
     return {"tag": tag_payload, "curate": curate_payload, "pair": pair_payload, "sft": sft_payload}[step](cfg, key)
 
 
-def folder(cfg: MagpieConfig, step: str, key: str | None = None) -> Path:
-    """The folder ``step`` (generate, tag, curate, pair, sft or dpo) writes for ``cfg``."""
-    return stage_folder(cfg, CHAIN[step][0], payload(cfg, step, key))
+def folder(cfg: MagpieConfig, step: str, key: str | None = None, upstream: str | None = None,
+           init: str | None = None) -> Path:
+    """The folder ``step`` (generate, tag, curate, pair, sft or dpo) writes for ``cfg`` (see ``payload``)."""
+    return stage_folder(cfg, CHAIN[step][0], payload(cfg, step, key, upstream, init))
 
 
 def trained_model(cfg: MagpieConfig, trainer: str) -> Path:

@@ -151,12 +151,14 @@ class PairStage:
         self.models.close()
 
 
-def run_pair(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, show_progress: bool = True) -> StageResult:
-    """Run (or resume, or reuse) the pair stage; ``engines`` maps model specs to already-built engines."""
+def run_pair(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, show_progress: bool = True,
+             upstream: str | None = None) -> StageResult:
+    """Run (or resume, or reuse) the pair stage; ``engines`` maps model specs to already-built engines, ``upstream``
+    is the curated folder or file to pair (else ``input``, else this config's curate folder)."""
     from tqdm.auto import tqdm
 
     check_writable(Path(cfg.paths.outputs), "paths.outputs")
-    source = open_input(cfg, "pair")
+    source = open_input(cfg, "pair", upstream)
     payload = pair_payload(cfg, source.key)
     stage_dir = stage_folder(cfg, "pair", payload)
     export = stage_dir / "export" / "pairs.jsonl"

@@ -238,10 +238,11 @@ def aggregate(final: ShardStore, timings: dict[str, Any], taggers: list[str]) ->
 
 
 def run_tag(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, stage_dir: Path | None = None,
-            show_progress: bool = True, export: list[str] | None = None) -> StageResult:
-    """Run (or resume, or reuse) the tag stage; ``engines`` maps model specs to already-built engines."""
+            show_progress: bool = True, export: list[str] | None = None, upstream: str | None = None) -> StageResult:
+    """Run (or resume, or reuse) the tag stage; ``engines`` maps model specs to already-built engines, ``upstream``
+    is the folder or file to tag (else ``input``, else this config's generate folder)."""
     check_writable(Path(cfg.paths.outputs), "paths.outputs")
-    source = open_input(cfg, "tag")
+    source = open_input(cfg, "tag", upstream)
     stage_dir = Path(stage_dir) if stage_dir is not None else folder(cfg, "tag", source.key)
     payload = tag_payload(cfg, source.key)
     formats = list(export if export is not None else ["records", "hf"])

@@ -44,15 +44,16 @@ def _spec(cfg: MagpieConfig) -> tuple[str, SFTSpec | DPOSpec]:
     return cfg.trainer, (cfg.sft if cfg.trainer == "sft" else cfg.dpo)
 
 
-def load_sft_rows(cfg: MagpieConfig) -> tuple[str, list[dict[str, Any]]]:
-    source = open_input(cfg, "sft")
+def load_sft_rows(cfg: MagpieConfig, upstream: str | None = None) -> tuple[str, list[dict[str, Any]]]:
+    source = open_input(cfg, "sft", upstream)
     rows = [{"messages": training_messages(r, cfg.generate.include_system, cfg.sft.include_reasoning)}
             for r in source.records()]
     return source.key, rows
 
 
-def load_dpo_rows(cfg: MagpieConfig) -> tuple[str, list[dict[str, Any]]]:
-    path = Path(cfg.input).expanduser() if cfg.input else None
+def load_dpo_rows(cfg: MagpieConfig, upstream: str | None = None) -> tuple[str, list[dict[str, Any]]]:
+    given = upstream or cfg.input
+    path = Path(given).expanduser() if given else None
     if path is None:
         path = folder(cfg, "pair") / "export" / "pairs.jsonl"
         hint = "run `magpie-exp stage=pair` with the same config first, or set input=<pairs.jsonl>"
@@ -69,7 +70,7 @@ def load_dpo_rows(cfg: MagpieConfig) -> tuple[str, list[dict[str, Any]]]:
                 raise ConfigError(f"input: {path} line {number} is not a conversational preference pair "
                                   "(prompt, chosen, rejected message lists); point input at the pair stage's pairs.jsonl")
             rows.append({k: row[k] for k in ("prompt", "chosen", "rejected")})
-    return input_key(cfg, "dpo"), rows
+    return input_key(cfg, "dpo", upstream), rows
 
 
 @contextlib.contextmanager
@@ -269,11 +270,12 @@ def _stats(trainer: Any, spec: TrainSpec, seconds: float, rows: int, extra: dict
             **extra}
 
 
-def run_sft(cfg: MagpieConfig) -> StageResult:
+def run_sft(cfg: MagpieConfig, upstream: str | None = None) -> StageResult:
+    """SFT ``sft.base_model`` on ``upstream`` (else ``input``, else this config's curated data)."""
     from trl import SFTConfig, SFTTrainer
 
     spec = cfg.sft
-    key_in, rows = load_sft_rows(cfg)
+    key_in, rows = load_sft_rows(cfg, upstream)
     if not rows:
         raise ConfigError("sft: the curated dataset is empty; loosen the curate recipe (curate=none) or generate more")
     out = folder(cfg, "sft", key_in)
@@ -305,24 +307,26 @@ def run_sft(cfg: MagpieConfig) -> StageResult:
     return StageResult(out, stats, {"model": str(out / "model")}, False)
 
 
-def _dpo_start(cfg: MagpieConfig) -> tuple[Path, str]:
+def _dpo_start(cfg: MagpieConfig, upstream: str | None, init: str | None) -> tuple[Path, str]:
     """The DPO run's stage folder and the model it starts from (which must exist)."""
-    init = dpo_init(cfg)
-    if not cfg.dpo.init_from and not (Path(init) / "config.json").exists():
-        raise ConfigError(f"dpo.init_from is null and this config's SFT model '{init}' does not exist; run `magpie-exp "
+    start = dpo_init(cfg, init)
+    if not (init or cfg.dpo.init_from) and not (Path(start) / "config.json").exists():
+        raise ConfigError(f"dpo.init_from is null and this config's SFT model '{start}' does not exist; run `magpie-exp "
                           "stage=train trainer=sft` with the same config first, or set dpo.init_from=<model folder>")
-    return folder(cfg, "dpo"), init
+    return folder(cfg, "dpo", upstream=upstream, init=start), start
 
 
-def run_dpo(cfg: MagpieConfig) -> StageResult:
+def run_dpo(cfg: MagpieConfig, upstream: str | None = None, init: str | None = None) -> StageResult:
+    """DPO from ``init`` (else ``dpo.init_from``, else this config's SFT model) on ``upstream``'s pairs (else
+    ``input``, else this config's pair folder)."""
     from trl import DPOConfig, DPOTrainer
 
     spec = cfg.dpo
-    out, init_path = _dpo_start(cfg)
+    out, init_path = _dpo_start(cfg, upstream, init)
     if (out / "model" / "config.json").exists() and (out / "stats.json").exists():
         log.info("cache hit: DPO model %s", out / "model")
         return StageResult(out, json.loads((out / "stats.json").read_text()), {"model": str(out / "model")}, True)
-    _, rows = load_dpo_rows(cfg)
+    _, rows = load_dpo_rows(cfg, upstream)
     if not rows:
         raise ConfigError("dpo: no preference pairs; run the pair stage (or lower pair.min_margin)")
     check_writable(out, "paths.outputs")
