@@ -2,7 +2,7 @@
 
 A step is what ``pipeline.stages`` and ``force`` name (generate, tag, curate, pair, sft, dpo, evaluate); each is
 run by one stage module of this package (sft and dpo by ``train``). No stage module imports another: a stage
-finds its input's folder through ``keys`` (the table of cache keys) and shares the skeleton in ``common``.
+finds its input's folder through ``keys`` (the table of cache keys) and takes what stages share from ``common``.
 The step order is ``config.PIPELINE_STAGES``; a test checks this registry names exactly those steps.
 """
 
