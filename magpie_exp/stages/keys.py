@@ -106,9 +106,7 @@ def dpo_init(cfg: MagpieConfig, init: str | None = None) -> str:
         from magpie_exp.models import resolve_model
 
         return resolve_model(init or cfg.dpo.init_from, Path(cfg.paths.cache_dir), key="dpo.init_from")
-    import dataclasses
-
-    return str((folder(dataclasses.replace(cfg, input=None), "sft") / "model").expanduser().resolve())
+    return str(trained_model(cfg, "sft").expanduser().resolve())
 
 
 def input_key(cfg: MagpieConfig, step: str, upstream: str | None = None) -> str:

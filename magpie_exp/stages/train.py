@@ -32,7 +32,7 @@ from magpie_exp.config import ConfigError, DPOSpec, MagpieConfig, SFTSpec, Train
 from magpie_exp.models import resolve_model
 from magpie_exp.records import training_messages
 from magpie_exp.stages.common import StageResult, check_free_space, check_writable, open_input
-from magpie_exp.stages.keys import dpo_init, folder, input_key
+from magpie_exp.stages.keys import dpo_init, folder
 from magpie_exp.training.precision import (DTYPES, check_master_weights, load_dtype, precision, precision_facts, save_dtype,
                                           under_zero3)
 from magpie_exp.training.templates import CHAT_TEMPLATES, check_eot, prepare_tokenizer
@@ -51,7 +51,8 @@ def load_sft_rows(cfg: MagpieConfig, upstream: str | None = None) -> tuple[str, 
     return source.key, rows
 
 
-def load_dpo_rows(cfg: MagpieConfig, upstream: str | None = None) -> tuple[str, list[dict[str, Any]]]:
+def load_dpo_rows(cfg: MagpieConfig, upstream: str | None = None) -> list[dict[str, Any]]:
+    """The preference pairs DPO reads (their key, which names the DPO folder, is ``keys.input_key``)."""
     given = upstream or cfg.input
     path = Path(given).expanduser() if given else None
     if path is None:
@@ -70,7 +71,7 @@ def load_dpo_rows(cfg: MagpieConfig, upstream: str | None = None) -> tuple[str, 
                 raise ConfigError(f"input: {path} line {number} is not a conversational preference pair "
                                   "(prompt, chosen, rejected message lists); point input at the pair stage's pairs.jsonl")
             rows.append({k: row[k] for k in ("prompt", "chosen", "rejected")})
-    return input_key(cfg, "dpo", upstream), rows
+    return rows
 
 
 @contextlib.contextmanager
@@ -326,7 +327,7 @@ def run_dpo(cfg: MagpieConfig, upstream: str | None = None, init: str | None = N
     if (out / "model" / "config.json").exists() and (out / "stats.json").exists():
         log.info("cache hit: DPO model %s", out / "model")
         return StageResult(out, json.loads((out / "stats.json").read_text()), {"model": str(out / "model")}, True)
-    _, rows = load_dpo_rows(cfg, upstream)
+    rows = load_dpo_rows(cfg, upstream)
     if not rows:
         raise ConfigError("dpo: no preference pairs; run the pair stage (or lower pair.min_margin)")
     check_writable(out, "paths.outputs")
