@@ -2,6 +2,7 @@
 
     python benchmarks/bench_tag.py dedup [--n 100000 --dim 384]   # ours vs the official gen_dis.py search
     python benchmarks/bench_tag.py tagging [--records 32]          # judge tagging vs raw engine throughput
+    python benchmarks/bench_tag.py judge [--records 24 --k 5]      # judge_mode=logprobs against explain
 
 dedup: the same random unit vectors go through the official method (exact L2 flat index, top-500 in query
 batches of 1,024: min distance = 2nd hit, repeat count = hits < 0.05) and through ours (inner-product flat
@@ -10,6 +11,12 @@ Random vectors in 384 dimensions have no near-duplicates, so a share of planted 
 
 tagging: one vLLM engine; the judge prompts of the quality tagger sent raw (free text, same max tokens) and
 through the tagger (JSON-schema constrained, parsed, validated): records/s and generated tokens/s of each.
+
+judge: one vLLM engine (the embedded judge, SmolLM2-135M) writes ``--records`` Magpie instructions from the
+pre-query template and ``--k`` answers to each (T=0.8, as the pair stage); then quality, difficulty and the judge
+score of every answer are tagged in both judge modes on the same records, in one run: records/s of each and
+their ratio, agreement of the logprobs argmax with the explained label, and the instructions whose k scores
+tie (the pair stage drops those: best == worst).
 """
 
 from __future__ import annotations
@@ -86,17 +93,82 @@ def bench_tagging(records: int) -> None:
     judge.engine.close()
 
 
+def bench_judge(records: int, k: int) -> None:
+    import os
+    from pathlib import Path
+
+    from magpie_exp.chat import Models
+    from magpie_exp.cli import load_config, setup_environment
+    from magpie_exp.engines import Request, SamplingSpec, build_engine
+    from magpie_exp.generators import load_side
+    from magpie_exp.models import resolve_model
+    from magpie_exp.stages.pair import choose_pair
+    from magpie_exp.taggers import DifficultyTagger, JudgeScoreTagger, QualityTagger
+
+    explain = load_config("engine.enforce_eager=true", "tag.judge_mode=explain")
+    logprobs = load_config("engine.enforce_eager=true", "tag.judge_mode=logprobs")
+    cache = Path(os.environ.get("MAGPIE_EXP_CACHE", Path(explain.paths.cache_dir)))
+    setup_environment(cache)
+    side = load_side("generator", explain.generator, cache)
+    engine = build_engine(explain.engine, explain.generator, resolve_model(explain.generator.model, cache), explain.seed)
+    ask = SamplingSpec(n=records, temperature=1.0, top_p=1.0, max_tokens=64, seed=7,
+                       stop_token_ids=side.instruction_stops.token_ids)
+    (made,) = engine.generate([Request(side.encode(side.templates.pre_query), ask)])
+    instructions = [c.text.strip() for c in made if c.text.strip()]
+    spec = SamplingSpec(n=k, temperature=0.8, max_tokens=96, seed=7, stop_token_ids=side.response_stops.token_ids)
+    t = side.templates
+    answers = engine.generate([Request(side.encode(t.pre_query + q + t.post_query), spec) for q in instructions])
+    pairs = [(q, a.text.strip()) for q, group in zip(instructions, answers, strict=True) for a in group]
+    rows = [{"id": str(i), "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for i, (q, a) in enumerate(pairs)]
+    firsts = rows[::k]
+    print(f"{len(instructions)} instructions x {k} answers from {explain.generator.name}; judge {explain.tag.judge.name}")
+    print(f"{'tagger':12} {'records':>7} {'explain rec/s':>14} {'logprobs rec/s':>15} {'ratio':>6}  agreement / failures")
+    results = {}
+    for cls, label, data in ((QualityTagger, "input_quality", firsts), (DifficultyTagger, "difficulty", firsts),
+                             (JudgeScoreTagger, "judge_rating", rows)):
+        seconds, out = {}, {}
+        for mode, cfg in (("explain", explain), ("logprobs", logprobs)):
+            tagger = cls(cfg, Models(cfg, {cfg.tag.judge.model: engine}))
+            tagger.prepare()
+            tagger.run(data[-2:])  # warm up this mode's request shapes (and prefix cache of its shared prompt)
+            start = time.perf_counter()
+            out[mode] = tagger.run(data)
+            seconds[mode] = time.perf_counter() - start
+        old_label = "judge_score" if cls is JudgeScoreTagger else label
+        both = [(a[old_label], b[label]) for a, b in zip(out["explain"], out["logprobs"], strict=True)
+                if a.get(old_label) is not None and b.get(label) is not None]
+        agree = sum(a == b for a, b in both)
+        fails = {m: sum("_error" in r for r in out[m]) for m in out}
+        rate = {m: len(data) / seconds[m] for m in seconds}
+        print(f"{cls.name:12} {len(data):7d} {rate['explain']:14.2f} {rate['logprobs']:15.2f} "
+              f"{rate['logprobs'] / rate['explain']:6.1f}  argmax = explained label on {agree}/{len(both)}; "
+              f"failures explain {fails['explain']}, logprobs {fails['logprobs']}")
+        results[cls.name] = out
+    for mode, field in (("explain", "judge_score"), ("logprobs", "judge_score")):
+        scores = [r.get(field) for r in results["judge_score"][mode]]
+        ties = sum(choose_pair(scores[i:i + k], [1] * k).reason == "tie" for i in range(0, len(scores), k))
+        print(f"pair selection on {mode:8} scores: {ties} of {len(instructions)} instructions tie (best == worst)")
+    masses = [r["judge_mass"] for r in results["judge_score"]["logprobs"] if r.get("judge_mass") is not None]
+    if masses:
+        print(f"judge_score probability on the answers 1-10: min {min(masses):.3f}, median {sorted(masses)[len(masses) // 2]:.3f}")
+    engine.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["dedup", "tagging"])
+    parser.add_argument("part", choices=["dedup", "tagging", "judge"])
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--dup-share", type=float, default=0.01)
     parser.add_argument("--records", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--k", type=int, default=5)
     args = parser.parse_args()
     if args.part == "dedup":
         bench_dedup(args.n, args.dim, args.dup_share, args.seed)
+    elif args.part == "judge":
+        bench_judge(args.records, args.k)
     else:
         bench_tagging(args.records)
 

@@ -61,13 +61,42 @@ def _text(max_length: int) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class Rating:
+    """A rating asked for as one number, read from the judge's token probabilities (``tag.judge_mode=logprobs``).
+
+    The judge answers one of ``answers``; each stands for ``labels[i]`` and weighs ``values[i]`` in the expected
+    score (G-Eval's probability-weighted score). ``fields`` names the tag fields: the most probable label, the
+    expected score, the distribution over labels and the share of probability that fell on an answer at all.
+    """
+
+    answers: tuple[str, ...]
+    labels: tuple[Any, ...]
+    label_field: str
+    score_field: str
+    prefix: str  # <prefix>_probs, <prefix>_mass
+
+    @property
+    def values(self) -> tuple[float, ...]:
+        return tuple(float(a) for a in self.answers)
+
+    @property
+    def fields(self) -> dict[str, str]:
+        return {"label": self.label_field, "score": self.score_field, "probs": f"{self.prefix}_probs",
+                "mass": f"{self.prefix}_mass"}
+
+
+@dataclass(frozen=True)
 class JudgeTask:
-    """One judged tag: a prompt template, the schema of its answer, and how answer keys map to tag fields."""
+    """One judged tag: a prompt template, the schema of its answer, and how answer keys map to tag fields.
+
+    With ``rating`` set the judge answers with a number alone and no schema: see ``Rating``.
+    """
 
     name: str
     prompt: str  # str.format template with {instruction} (and {response} where the task judges a response)
     schema: dict[str, Any]
     fields: dict[str, str]  # answer key -> tag field
+    rating: Rating | None = None
 
     def render(self, instruction: str, response: str | None = None) -> str:
         return self.prompt.format(instruction=instruction, response=response or "")
@@ -77,21 +106,67 @@ class JudgeTask:
         return json.dumps(self.schema, sort_keys=True)
 
 
-def judge_tasks(explanation_chars: int = 300) -> dict[str, JudgeTask]:
-    quality_rubric = "\n".join(
-        f"- {label}: {text}"
-        for label, text in zip(
-            QUALITY,
-            (
-                "unclear, vague or incoherent; essential information is missing",
-                "somewhat unclear or missing important details that would need a lot of clarification",
-                "mostly clear and specific, but some details would help to answer it well",
-                "clear, specific and well formed, with most of the context needed",
-                "very clear, specific and complete, with everything needed for a full answer",
-            ),
-            strict=True,
-        )
-    )
+_QUALITY_GLOSS = (
+    "unclear, vague or incoherent; essential information is missing",
+    "somewhat unclear or missing important details that would need a lot of clarification",
+    "mostly clear and specific, but some details would help to answer it well",
+    "clear, specific and well formed, with most of the context needed",
+    "very clear, specific and complete, with everything needed for a full answer",
+)
+_DIFFICULTY_GLOSS = (
+    "a simple fact or a short, everyday task",
+    "common knowledge and a few steps",
+    "some specialised knowledge or several steps of reasoning",
+    "expert knowledge or long, careful reasoning",
+    "deep expertise and a long chain of difficult reasoning",
+)
+JUDGE_MODES = ("logprobs", "explain")
+RATED = ("quality", "difficulty", "judge_score")  # the tasks that logprobs mode asks as a number
+
+
+def judge_tasks(explanation_chars: int = 300, mode: str = "explain") -> dict[str, JudgeTask]:
+    """The judge's tasks; with ``mode="logprobs"`` quality, difficulty and judge_score are ratings (see ``Rating``)."""
+    tasks = _explained_tasks(explanation_chars)
+    if mode == "logprobs":
+        tasks.update(_rated_tasks())
+    return tasks
+
+
+def _rated_tasks() -> dict[str, JudgeTask]:
+    def scale(labels: tuple[str, ...], gloss: tuple[str, ...]) -> str:
+        return "\n".join(f"{i} ({label}): {text}" for i, (label, text) in enumerate(zip(labels, gloss, strict=True), 1))
+
+    five = tuple(str(i) for i in range(1, 6))
+    ten = tuple(str(i) for i in range(1, 11))
+    request = "\n\nThe request:\n```\n{instruction}\n```\n\n"
+    rated = {
+        "quality": JudgeTask(
+            "quality",
+            "You will judge how well a user's request to an AI assistant is written: is it clear, specific and "
+            "coherent? Use this scale:\n" + scale(QUALITY, _QUALITY_GLOSS) + request
+            + "Reply with the number of your rating alone, from 1 to 5.",
+            {}, {}, Rating(five, QUALITY, "input_quality", "input_quality_score", "input_quality"),
+        ),
+        "difficulty": JudgeTask(
+            "difficulty",
+            "How hard is it for an AI assistant to answer this request well? Use this scale:\n"
+            + scale(DIFFICULTY, _DIFFICULTY_GLOSS) + request + "Reply with the number of your rating alone, from 1 to 5.",
+            {}, {}, Rating(five, DIFFICULTY, "difficulty", "difficulty_score", "difficulty"),
+        ),
+        "judge_score": JudgeTask(
+            "judge_score",
+            "Rate how good an AI assistant's answer is: helpful, correct, relevant and complete. 1 is useless, "
+            "10 is excellent." + request + "The answer:\n```\n{response}\n```\n\n"
+            "Reply with the rating alone, an integer from 1 to 10.",
+            {}, {}, Rating(ten, tuple(range(1, 11)), "judge_rating", "judge_score", "judge"),
+        ),
+    }
+    return {name: JudgeTask(t.name, t.prompt, t.schema, t.rating.fields, t.rating)  # type: ignore[union-attr]
+            for name, t in rated.items()}
+
+
+def _explained_tasks(explanation_chars: int) -> dict[str, JudgeTask]:
+    quality_rubric = "\n".join(f"- {label}: {text}" for label, text in zip(QUALITY, _QUALITY_GLOSS, strict=True))
     categories = "\n".join(f"- {c}: {g}" for c, g in _CATEGORY_GLOSS.items())
     text = _text(explanation_chars)
     return {

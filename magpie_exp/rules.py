@@ -22,7 +22,10 @@ DERIVED_FIELDS = (*TEXT_FIELDS, "raw_instruction", "id", "num_turns")  # read of
 FIELD_TAGGER = {
     "input_quality": "quality", "quality_explanation": "quality", "difficulty": "difficulty", "intent": "difficulty",
     "knowledge": "difficulty", "task_category": "task_category", "other_task_category": "task_category",
-    "judge_score": "judge_score", "judge_explanation": "judge_score", "safety": "safety",
+    "judge_score": "judge_score", "judge_explanation": "judge_score", "judge_rating": "judge_score",
+    "judge_probs": "judge_score", "judge_mass": "judge_score", "input_quality_score": "quality",
+    "input_quality_probs": "quality", "input_quality_mass": "quality", "difficulty_score": "difficulty",
+    "difficulty_probs": "difficulty", "difficulty_mass": "difficulty", "safety": "safety",
     "safety_categories": "safety", "safety_raw": "safety", "reward": "reward", "base_response": "base_reward",
     "base_finish_reason": "base_reward",
     "base_reward": "base_reward", "reward_difference": "base_reward", "language": "language",

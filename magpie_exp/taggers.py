@@ -21,6 +21,7 @@ from magpie_exp.engines import Request, SamplingSpec
 from magpie_exp.labels import GUARD_REGEX, urial_prompt, JudgeTask, guard_prompt, judge_tasks, parse_guard, parse_judgement
 from magpie_exp.models import resolve_model
 from magpie_exp.chat import Models
+from magpie_exp.rating import answer_ids, rate
 from magpie_exp.records import Record, first_exchange
 
 log = logging.getLogger(__name__)
@@ -101,13 +102,19 @@ class LanguageTagger(Tagger):
 
 
 class JudgeTagger(Tagger):
-    """quality / difficulty / task_category / judge_score: one JSON-schema-constrained judge answer per record."""
+    """quality / difficulty / task_category / judge_score from the judge.
+
+    ``tag.judge_mode=logprobs`` (the default): the ratings (quality, difficulty, judge_score) are asked as a number
+    alone and read from the judge's token probabilities in one forward pass (``magpie_exp/rating.py``): the most
+    probable label, the expected score and the distribution. ``explain``, and task_category in either mode: one
+    JSON-schema-constrained answer with its explanation.
+    """
 
     task_name = ""
 
     def __init__(self, cfg: MagpieConfig, models: Models) -> None:
         super().__init__(cfg, models)
-        self.task: JudgeTask = judge_tasks(cfg.tag.explanation_chars)[self.task_name]
+        self.task: JudgeTask = judge_tasks(cfg.tag.explanation_chars, cfg.tag.judge_mode)[self.task_name]
         self.fields = tuple(self.task.fields.values())
 
     def model_ids(self) -> set[str]:
@@ -120,6 +127,11 @@ class JudgeTagger(Tagger):
         return self.tc.judge.name
 
     def judge_records(self, task: JudgeTask, pairs: Sequence[tuple[str, str]]) -> list[tuple[dict[str, Any], str | None]]:
+        if task.rating is not None:
+            prompts = [self.judge.chat_ids([{"role": "user", "content": task.render(i, r)}]) for i, r in pairs]
+            seqs = answer_ids(task.rating, lambda a: self.judge.tokenizer.encode(a, add_special_tokens=False))
+            return rate(task.rating, prompts, seqs, self.judge.generate, self.tc.judge_top_logprobs, self.cfg.seed,
+                        self.tc.judge_min_mass)
         spec = SamplingSpec(temperature=0.0, max_tokens=self.tc.judge_max_tokens, json_schema=task.schema_json,
                             seed=self.cfg.seed)
         requests = [Request(self.judge.chat_ids([{"role": "user", "content": task.render(i, r)}]), spec) for i, r in pairs]

@@ -28,6 +28,18 @@ def schema(*overrides: str):
     return load_config(*overrides)
 
 
+def numbered_questions(folder: Path, n: int) -> Path:
+    """``n`` one-exchange records ("Question number i: what is i + i?") as JSONL, for scripted fake-engine tests."""
+    import json
+
+    rows = [{"id": f"r{i:02d}", "messages": [{"role": "user", "content": f"Question number {i}: what is {i} + {i}?"},
+                                              {"role": "assistant", "content": f"{i} + {i} = {2 * i}."}]}
+            for i in range(n)]
+    path = folder / "in.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     from magpie_exp.models import embedded_model_dir

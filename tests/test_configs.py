@@ -30,7 +30,8 @@ def test_every_generator_composes_with_every_engine(generator: str, engine: str)
     if engine == "openai-chat":  # a chat API cannot do Magpie generation; it serves judges and taggers
         with pytest.raises(ConfigError, match="engine.api=chat cannot run generate"):
             schema(f"generator={generator}", f"engine={engine}")
-    cfg = schema(f"generator={generator}", f"engine={engine}", *(["stage=tag"] if engine == "openai-chat" else []))
+    chat = ["stage=tag", "tag.judge_mode=explain"] if engine == "openai-chat" else []  # no token-id logprobs
+    cfg = schema(f"generator={generator}", f"engine={engine}", *chat)
     assert cfg.generator.name == generator
     assert cfg.generator.trust_remote_code is False
 

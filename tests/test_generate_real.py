@@ -164,6 +164,13 @@ def test_hf_engine_matches_vllm_greedy_and_reports_finish(vllm_engine, smollm2_d
     assert "Paris" in hf_out.text and hf_out.finish_reason == "stop"
     short = hf.generate([Request(prompt, SamplingSpec(n=2, temperature=1.0, max_tokens=3, seed=1))])[0]
     assert [c.finish_reason for c in short] == ["length", "length"] and all(c.token_count == 3 for c in short)
+    # top log-probabilities (the judge's ratings): the same ids and values as vLLM, both float32
+    scored = SamplingSpec(temperature=0.0, max_tokens=2, logprobs=5)
+    (h,), (v,) = hf.generate([Request(prompt, scored)]), vllm_engine.generate([Request(prompt, scored)])
+    assert len(h[0].top_logprobs) == 2 and h[0].token_count == 2
+    for hp, vp in zip(h[0].top_logprobs, v[0].top_logprobs, strict=True):
+        best = sorted(vp, key=vp.get, reverse=True)[:3]
+        assert sorted(hp, key=hp.get, reverse=True)[:3] == best and all(abs(hp[t] - vp[t]) < 0.02 for t in best)
 
 
 def test_seeded_long_prompts_overflowing_the_token_budget(vllm_engine) -> None:

@@ -104,6 +104,35 @@ def test_first_token_ban_and_token_counts_over_http(vllm_server) -> None:
     assert all(c.token_count == 5 and c.finish_reason == "length" for c in sized)
 
 
+@pytest.mark.slow
+def test_judge_ratings_over_http_match_the_engine_in_process(vllm_server, vllm_engine) -> None:
+    """tag.judge_mode=logprobs over /v1/completions: the same top log-probabilities (token ids) and the same
+    expected 1-10 scores as vLLM in process, both float32."""
+    from magpie_exp.labels import judge_tasks
+    from magpie_exp.rating import answer_ids, rate
+
+    side = load_side("generator", schema().generator, CACHE)
+    engine = OpenAIEngine(schema("engine=openai", f"engine.base_urls=[{vllm_server}]",
+                                 "engine.served_model_name=smollm2").engine, side.cfg, "smollm2", 0)
+    task = judge_tasks(mode="logprobs")["judge_score"]
+    pairs = [("What is 2 + 2?", "4."), ("Name a colour.", "Blue."), ("Write a haiku about rain.", "Rain.")]
+    prompts = [side.tokenizer.encode(side.render([{"role": "user", "content": task.render(i, r)}], True),
+                                     add_special_tokens=False) for i, r in pairs]
+    spec = SamplingSpec(temperature=0.0, max_tokens=1, logprobs=5)
+    http = engine.generate([Request(prompts[0], spec)])[0][0].top_logprobs[0]
+    local = vllm_engine.generate([Request(prompts[0], spec)])[0][0].top_logprobs[0]
+    best = sorted(local, key=local.get, reverse=True)[:3]
+    assert best == sorted(http, key=http.get, reverse=True)[:3]
+    assert all(abs(http[t] - local[t]) < 0.02 for t in best)
+    seqs = answer_ids(task.rating, lambda a: side.tokenizer.encode(a, add_special_tokens=False))
+    over_http = rate(task.rating, prompts, seqs, lambda rs: [o[0] for o in engine.generate(rs)], 20, 0)
+    in_process = rate(task.rating, prompts, seqs, lambda rs: [o[0] for o in vllm_engine.generate(rs)], 20, 0)
+    for (a, err_a), (b, err_b) in zip(over_http, in_process, strict=True):
+        assert err_a is None and err_b is None
+        assert abs(a["judge_score"] - b["judge_score"]) < 0.05 and a["judge_rating"] == b["judge_rating"]
+    assert engine.generate([Request(prompts[0], SamplingSpec(max_tokens=1))])[0][0].top_logprobs == ()
+
+
 def test_unreachable_server_fails_after_retries(tmp_path) -> None:
     cfg = schema("engine=openai", f"engine.base_urls=[http://127.0.0.1:{_free_port()}]", "engine.max_retries=1")
     engine = OpenAIEngine(cfg.engine, cfg.generator, "x", 0)

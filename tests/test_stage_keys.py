@@ -20,7 +20,8 @@ from magpie_exp.stages.tag import run_tag
 
 SMOL = "embedded:smollm2-135m-instruct"
 COMMON = ("generate.count=8", "generate.shard_size=4", "generate.multi_turn.fraction=0", "generate.export=[messages]",
-          "tag.taggers=[length]", "curate=none", "curate.dedup=false", "pair.num_responses=3", "tag.reward_source=judge", "dpo.init_from=null")
+          "tag.taggers=[length]", "curate=none", "curate.dedup=false", "pair.num_responses=3", "tag.reward_source=judge",
+          "tag.judge_mode=explain", "dpo.init_from=null")
 
 
 def _script(prompt: str, spec, k: int):

@@ -10,7 +10,7 @@ import json
 import re
 from pathlib import Path
 
-from conftest import schema
+from conftest import numbered_questions, schema
 from magpie_exp.stages.curate import run_curate
 from magpie_exp.engines.fake_engine import FakeEngine
 from magpie_exp.generators import load_side
@@ -34,19 +34,10 @@ def _judge(prompt: str, spec, k: int):
     return QUALITY[_number(prompt) % 4]
 
 
-def _input(tmp_path: Path, n: int) -> Path:
-    rows = [{"id": f"r{i:02d}", "messages": [{"role": "user", "content": f"Question number {i}: what is {i} + {i}?"},
-                                              {"role": "assistant", "content": f"{i} + {i} = {2 * i}."}]}
-            for i in range(n)]
-    path = tmp_path / "in.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def test_every_failed_judgement_is_on_its_record_and_counted_by_tagger_and_reason(tmp_path: Path) -> None:
-    data = _input(tmp_path, 12)
+    data = numbered_questions(tmp_path, 12)
     common = [f"input={data}", f"paths.outputs={tmp_path / 'out'}", "tag.plots=false"]
-    cfg = schema("stage=tag", *common, "tag.taggers=[length,quality,safety]", "tag.batch_size=5")
+    cfg = schema("stage=tag", *common, "tag.taggers=[length,quality,safety]", "tag.batch_size=5", "tag.judge_mode=explain")
     tokenizer = load_side("generator", cfg.tag.judge, Path(cfg.paths.cache_dir)).tokenizer
     engine = FakeEngine(tokenizer, _judge)
     tagged = run_tag(cfg, engines={SMOL: engine}, show_progress=False)
@@ -104,8 +95,8 @@ def _pair_script(prompt: str, spec, k: int):
 def test_pair_stage_keeps_best_against_worst_and_counts_every_drop(tmp_path: Path) -> None:
     from magpie_exp.stages.pair import run_pair
 
-    cfg = schema("stage=pair", f"input={_input(tmp_path, 6)}", f"paths.outputs={tmp_path / 'out'}",
-                 "pair.num_responses=3", "tag.reward_source=judge")
+    cfg = schema("stage=pair", f"input={numbered_questions(tmp_path, 6)}", f"paths.outputs={tmp_path / 'out'}",
+                 "pair.num_responses=3", "tag.reward_source=judge", "tag.judge_mode=explain")
     tokenizer = load_side("generator", cfg.generator, Path(cfg.paths.cache_dir)).tokenizer
     engine = FakeEngine(tokenizer, _pair_script)
     result = run_pair(cfg, engines={SMOL: engine}, show_progress=False)

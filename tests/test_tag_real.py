@@ -12,7 +12,7 @@ import pytest
 from conftest import schema
 from magpie_exp.stages.curate import run_curate
 from magpie_exp.stages.generate import run_generate
-from magpie_exp.labels import QUALITY, TASK_CATEGORIES
+from magpie_exp.labels import DIFFICULTY, QUALITY, TASK_CATEGORIES
 from magpie_exp.stages.tag import run_tag
 
 pytestmark = pytest.mark.slow
@@ -31,20 +31,40 @@ def pipeline(tmp_path_factory, vllm_engine):
     return cfg, tagged, curated
 
 
-def test_structured_decoding_gives_only_schema_valid_tags(pipeline) -> None:
+def test_ratings_from_token_probabilities_and_schema_valid_categories(pipeline) -> None:
     _, tagged, _ = pipeline
     records = [json.loads(line) for line in open(tagged.exports["records"])]
     assert len(records) == 16
     for record in records:
         tags = record["tags"]
         judged = {k: v for k, v in tags["errors"].items() if k in ("quality", "difficulty", "task_category", "reward")}
-        assert judged == {}, judged  # 100% schema-valid: every judge answer parsed and matched its schema
-        assert tags["input_quality"] in QUALITY and tags["task_category"] in TASK_CATEGORIES
-        assert 1 <= tags["reward"] <= 10 and tags["intent"] and tags["quality_explanation"]
+        assert judged == {}, judged  # every rating read and every category answer parsed and matched its schema
+        assert tags["input_quality"] in QUALITY and tags["difficulty"] in DIFFICULTY
+        assert tags["task_category"] in TASK_CATEGORIES
+        for prefix, score, top in (("input_quality", "input_quality_score", 5), ("difficulty", "difficulty_score", 5)):
+            probs = tags[f"{prefix}_probs"]
+            assert 1 <= tags[score] <= top and abs(sum(probs.values()) - 1) < 1e-3 and 0 < tags[f"{prefix}_mass"] <= 1
+            assert max(probs, key=probs.get) == tags[prefix]  # the label is the most probable one
+        assert 1 <= tags["reward"] <= 10 and "quality_explanation" not in tags  # the expected 1-10 score, no essay
         assert tags["safety"] in ("safe", "unsafe") and "safety" not in tags["errors"]
         assert tags["language"] and tags["instruction_length"] > 0 and tags["min_neighbor_distance"] is not None
         assert tags["by"]["quality"] == "smollm2-135m-instruct"
     assert tagged.stats["timings"]["quality"]["records"] == 16
+
+
+def test_explain_mode_gives_schema_valid_labels_and_explanations(pipeline, vllm_engine, tmp_path: Path) -> None:
+    _, tagged, _ = pipeline
+    rows = [json.loads(line) for line in open(tagged.exports["records"])][:4]
+    data = tmp_path / "four.jsonl"
+    data.write_text("".join(json.dumps({"id": r["id"], "messages": r["messages"]}) + "\n" for r in rows))
+    explained = run_tag(schema("stage=tag", "engine.enforce_eager=true", f"input={data}", f"paths.outputs={tmp_path}",
+                               "tag.taggers=[quality,reward]", "tag.judge_mode=explain", "tag.plots=false"),
+                        engines={SMOL: vllm_engine}, show_progress=False)
+    for record in map(json.loads, open(explained.exports["records"])):
+        tags = record["tags"]
+        assert tags["errors"] == {}  # 100% schema-valid: every judge answer parsed and matched its schema
+        assert tags["input_quality"] in QUALITY and tags["quality_explanation"]
+        assert tags["reward"] in range(1, 11) and "input_quality_probs" not in tags
 
 
 def test_tagged_stats_plots_and_rerun(pipeline, vllm_engine) -> None:

@@ -174,7 +174,12 @@ class TagConfig:
     taggers: list[str] = field(default_factory=lambda: [
         "length", "language", "quality", "difficulty", "task_category", "safety", "reward", "embedding", "decontam"])
     judge: GeneratorConfig | None = None  # judge for quality/difficulty/task_category/judge_score
-    judge_max_tokens: int = 384
+    # logprobs: quality, difficulty and judge_score asked as a number and read from the judge's token probabilities
+    # (one forward pass; expected score + distribution); explain: a JSON answer with an explanation (all four)
+    judge_mode: str = "logprobs"
+    judge_top_logprobs: int = 20  # top-k log-probabilities read per position (vLLM serves up to 20 by default)
+    judge_min_mass: float = 0.0  # a rating whose answers hold less of the probability than this is a failure
+    judge_max_tokens: int = 384  # explain mode, and task_category in either mode
     explanation_chars: int = 300  # schema maxLength of free-text answer fields
     guard: GeneratorConfig | None = None
     guard_format: str = "chat_template"  # chat_template (Llama Guard builds its prompt) | instruction (a chat model)

@@ -38,6 +38,7 @@ class SamplingSpec:
     json_schema: str | None = None  # constrain the output to this JSON schema (JSON text): vllm, openai
     regex: str | None = None  # or to this regular expression: vllm, openai
     skip_special_tokens: bool = True  # False: keep special tokens in the text (reasoning markers to split on)
+    logprobs: int = 0  # > 0: the top-k token ids and log-probabilities at each generated position: vllm, hf, openai
 
     def as_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -57,6 +58,9 @@ class Completion:
     text: str
     token_count: int
     finish_reason: str  # "stop" (end of turn, stop string or stop id) or "length" (hit max_tokens)
+    # with ``sampling.logprobs = k``: per generated position, token id -> log-probability of the model's top k
+    # (raw model distribution, before any sampling constraint); empty otherwise
+    top_logprobs: tuple[dict[int, float], ...] = ()
 
 
 @dataclass

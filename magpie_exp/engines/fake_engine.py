@@ -1,7 +1,7 @@
 """A deterministic engine for fast tests of stage logic: what it writes is a pure function of the prompt.
 
-It runs no model. ``script(prompt_text, sampling, k)`` gives the k-th completion of a request as its text, or
-as ``(text, finish_reason)``; the prompt is the request's token ids decoded by the model's real tokenizer, so a
+It runs no model. ``script(prompt_text, sampling, k)`` gives the k-th completion of a request as its text, as
+``(text, finish_reason)``, or as ``(text, finish_reason, top_logprobs)`` (token id -> log-probability per position); the prompt is the request's token ids decoded by the model's real tokenizer, so a
 stage's templates, stops and bookkeeping are exercised exactly as with vLLM. Every path a user runs keeps its
 real-model test beside the fast ones built on this.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 from magpie_exp.engines import Completion, Engine, EngineInfo, Request, SamplingSpec
 
-Script = Callable[[str, SamplingSpec, int], "str | tuple[str, str]"]
+Script = Callable[[str, SamplingSpec, int], "str | tuple[str, str] | tuple[str, str, tuple[dict[int, float], ...]]"]
 
 
 class FakeEngine(Engine):
@@ -32,10 +32,10 @@ class FakeEngine(Engine):
             completions = []
             for k in range(request.sampling.n):
                 answer = self.script(prompt, request.sampling, k)
-                text, finish = answer if isinstance(answer, tuple) else (answer, "stop")
+                text, finish, *top = answer if isinstance(answer, tuple) else (answer, "stop")
                 tokens = len(self.tokenizer.encode(text, add_special_tokens=False))
                 if finish == "stop" and tokens > request.sampling.max_tokens:
                     finish = "length"  # as a real engine would have stopped it
-                completions.append(Completion(text, tokens, finish))
+                completions.append(Completion(text, tokens, finish, top[0] if top else ()))
             out.append(completions)
         return out

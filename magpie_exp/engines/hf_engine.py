@@ -97,10 +97,18 @@ class HFEngine(Engine):
             from transformers import LogitsProcessorList
 
             kwargs["logits_processor"] = LogitsProcessorList([_BanFirstToken(spec.ban_first_token_ids, width)])
+        if spec.logprobs:
+            kwargs.update(return_dict_in_generate=True, output_logits=True)
         output = self.model.generate(**kwargs)
+        top: list[tuple[dict[int, float], ...]] = [()] * len(prompts)
+        if spec.logprobs:  # the raw model distribution at each position (before sampling), as vLLM returns
+            logits, output = output.logits, output.sequences
+            per_step = [torch.log_softmax(step.float(), dim=-1).topk(spec.logprobs, dim=-1) for step in logits]
+            top = [tuple(dict(zip(s.indices[b].tolist(), s.values[b].tolist(), strict=True)) for s in per_step)
+                   for b in range(len(prompts))]
         stop_ids = set(spec.stop_token_ids)
         completions = []
-        for row in output[:, width:].tolist():
+        for b, row in enumerate(output[:, width:].tolist()):
             finish, kept = "length", row
             for k, token in enumerate(row):
                 if token in stop_ids:
@@ -113,7 +121,7 @@ class HFEngine(Engine):
                     kept = self.tokenizer.encode(text, add_special_tokens=False)
             if finish == "length" and len(kept) < spec.max_tokens:
                 finish = "stop"  # ended on a token we do not count (pad after an eos the model emitted)
-            completions.append(Completion(text, len(kept), finish))
+            completions.append(Completion(text, len(kept), finish, top[b][:max(len(kept), 1)] if top[b] else ()))
         return completions
 
     def close(self) -> None:

@@ -73,6 +73,8 @@ class OpenAIEngine(Engine):
         spec = request.sampling
         if not request.messages:
             raise ValueError("engine.api=chat needs chat messages; this caller only gives token ids (use api=completions)")
+        if spec.logprobs:
+            raise ValueError("engine.api=chat gives no token-id logprobs; use api=completions (a vLLM server) for them")
         payload: dict[str, Any] = {"model": self.model, "messages": list(request.messages), "n": spec.n,
                                    "temperature": spec.temperature, "top_p": spec.top_p, "max_tokens": spec.max_tokens}
         if spec.seed is not None:
@@ -102,6 +104,8 @@ class OpenAIEngine(Engine):
             "skip_special_tokens": spec.skip_special_tokens,
             "return_token_ids": True,
         }
+        if spec.logprobs:  # token ids, not texts, as the key (vLLM's extension)
+            payload.update(logprobs=spec.logprobs, return_tokens_as_token_ids=True)
         if spec.ban_first_token_ids:
             payload["vllm_xargs"] = {"ban_first_token_ids": list(spec.ban_first_token_ids)}
         if spec.json_schema is not None:  # vLLM's extension of /v1/completions
@@ -159,6 +163,7 @@ class OpenAIEngine(Engine):
                         c.get("text") or "",
                         len(c["token_ids"]) if c.get("token_ids") is not None else 0,
                         c.get("finish_reason") or "length",
+                        _top_logprobs(c.get("logprobs")) if request.sampling.logprobs else (),
                     )
                     for c in choices
                 ]
@@ -177,3 +182,17 @@ class OpenAIEngine(Engine):
         if len(self.urls) > 1 or any(self.failures.values()):
             log.info("server pool: requests served %s, failures %s", self.served, self.failures)
         self.client.close()
+
+
+def _top_logprobs(logprobs: dict[str, Any] | None) -> tuple[dict[int, float], ...]:
+    """/v1/completions ``logprobs.top_logprobs`` (keys "token_id:<id>" with return_tokens_as_token_ids) by token id."""
+    out = []
+    for position in (logprobs or {}).get("top_logprobs") or ():
+        entry = {}
+        for key, value in (position or {}).items():
+            if not key.startswith("token_id:"):
+                raise ValueError(f"the server returned logprobs keyed by text ({key!r}), not token ids; a vLLM server "
+                                 "(return_tokens_as_token_ids) is needed for tag.judge_mode=logprobs")
+            entry[int(key.split(":", 1)[1])] = float(value)
+        out.append(entry)
+    return tuple(out)

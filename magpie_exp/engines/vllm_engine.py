@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from collections.abc import Sequence
 
 import torch
@@ -118,6 +118,7 @@ class VLLMEngine(Engine):
             skip_special_tokens=spec.skip_special_tokens,
             extra_args={"ban_first_token_ids": list(spec.ban_first_token_ids)} if spec.ban_first_token_ids else None,
             structured_outputs=structured,
+            logprobs=spec.logprobs or None,
         )
 
     def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
@@ -129,7 +130,8 @@ class VLLMEngine(Engine):
         params = [self.sampling_params(r) for r in requests]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         return [
-            [Completion(o.text, len(o.token_ids), o.finish_reason or "length") for o in out.outputs]
+            [Completion(o.text, len(o.token_ids), o.finish_reason or "length", _top_logprobs(o.logprobs))
+             for o in out.outputs]
             for out in outputs
         ]
 
@@ -142,3 +144,8 @@ class VLLMEngine(Engine):
         except Exception as exc:  # best effort: the process exit frees it anyway
             log.debug("vLLM shutdown: %s", exc)
         self.llm = None
+
+
+def _top_logprobs(positions: Any) -> tuple[dict[int, float], ...]:
+    """vLLM's per-position {token id: Logprob} as {token id: log-probability} (empty without logprobs)."""
+    return tuple({int(t): float(lp.logprob) for t, lp in pos.items()} for pos in positions or ())

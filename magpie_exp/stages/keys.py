@@ -74,7 +74,8 @@ def pair_payload(cfg: MagpieConfig, input_key: str) -> dict[str, Any]:
     res = cfg.response_generator or cfg.generator
     tag = cfg.tag
     scorer = (as_plain(tag.reward_model) if tag.reward_source == "model"
-              else {"judge": as_plain(tag.judge), "explanation_chars": tag.explanation_chars, "max_tokens": tag.judge_max_tokens})
+              else {"judge": as_plain(tag.judge), "explanation_chars": tag.explanation_chars, "max_tokens": tag.judge_max_tokens,
+                    "mode": tag.judge_mode, "top_logprobs": tag.judge_top_logprobs, "min_mass": tag.judge_min_mass})
     return {"stage": "pair", "stage_version": VERSIONS["pair"], "input": input_key, "seed": cfg.seed,
             "response_generator": as_plain(res), "engine": _engine(cfg),
             "pair": as_plain(cfg.pair), "reward": {"source": tag.reward_source, **scorer}}

@@ -31,7 +31,7 @@ from magpie_exp import __version__
 from magpie_exp.config import MagpieConfig, need, validate_engine
 from magpie_exp.decontam import BENCHMARKS, Counts
 from magpie_exp.engines import Engine
-from magpie_exp.labels import DIFFICULTY, QUALITY
+from magpie_exp.labels import DIFFICULTY, JUDGE_MODES, QUALITY
 from magpie_exp.records import EXPORT_FILES, Record, export_records
 from magpie_exp.files import atomic_write_bytes
 from magpie_exp.shards import ShardStore, wait_for_writer
@@ -324,6 +324,12 @@ def check_tag_config(cfg: MagpieConfig) -> None:
          "tag.taggers has base_reward (reward difference) without reward; add reward to tag.taggers")
     need(t.batch_size >= 1, f"tag.batch_size must be >= 1; got {t.batch_size}")
     need(t.judge_max_tokens >= 16, f"tag.judge_max_tokens must be >= 16; got {t.judge_max_tokens}")
+    need(t.judge_mode in JUDGE_MODES, f"tag.judge_mode must be one of {', '.join(JUDGE_MODES)}; got {t.judge_mode!r}")
+    need(1 <= t.judge_top_logprobs <= 20, f"tag.judge_top_logprobs must be in 1..20; got {t.judge_top_logprobs}")
+    need(0 <= t.judge_min_mass < 1, f"tag.judge_min_mass must be in [0, 1); got {t.judge_min_mass}")
+    need(not judged or t.judge_mode == "explain" or not (cfg.engine.type == "openai" and cfg.engine.api == "chat"),
+         "tag.judge_mode=logprobs reads token-id log-probabilities, which engine.api=chat does not give; set "
+         "tag.judge_mode=explain, or engine.api=completions (a vLLM server)")
     need(t.explanation_chars >= 1,
          f"tag.explanation_chars must be >= 1 (characters per free-text judge field); got {t.explanation_chars}")
     need(t.reward_model.batch_size >= 1, f"tag.reward_model.batch_size must be >= 1; got {t.reward_model.batch_size}")
