@@ -57,22 +57,23 @@ def bench_tagging(records: int) -> None:
     from pathlib import Path
 
     from magpie_exp.cli import load_config, setup_environment
-    from magpie_exp.engines import Request, SamplingSpec, build_engine
     from magpie_exp.chat import Models
+    from magpie_exp.engines import Request, SamplingSpec
+    from magpie_exp.engines.pool import EnginePool
+    from magpie_exp.stages.common import tag_context
     from magpie_exp.taggers import QualityTagger
 
-    cfg = load_config("engine.enforce_eager=true")
+    cfg = load_config("engine.enforce_eager=true", "tag.judge_mode=explain")
     setup_environment(Path(os.environ.get("MAGPIE_EXP_CACHE", Path(cfg.paths.cache_dir))))
     instructions = [f"Question {i}: how do I get better at {topic}?" for i, topic in
                     enumerate(["chess", "cooking", "running", "writing", "drawing", "python", "algebra", "singing"] * (records // 8 + 1))][:records]
     rows = [{"id": str(i), "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": ""}]}
             for i, q in enumerate(instructions)]
-    models = Models(cfg)
-    tagger = QualityTagger(cfg, models)
+    pool = EnginePool(cfg)
+    tagger = QualityTagger(tag_context(cfg), Models(pool))
     tagger.prepare()
     judge = tagger.judge
-    judge.engine = build_engine(cfg.engine, cfg.tag.judge, judge.model_path, cfg.seed)
-    judge.injected = True
+    judge.started()
     raw_spec = SamplingSpec(temperature=0.0, max_tokens=cfg.tag.judge_max_tokens, seed=cfg.seed)
     prompts = [judge.chat_ids([{"role": "user", "content": tagger.task.render(q)}]) for q in instructions]
     judge.engine.generate([Request(prompts[0], raw_spec)])  # warm up
@@ -90,7 +91,7 @@ def bench_tagging(records: int) -> None:
         print(f"round {round_}: raw engine {records / raw_s:6.2f} rec/s {raw_tokens / raw_s:7.1f} tok/s | "
               f"quality tagger {records / tag_s:6.2f} rec/s {tag_tokens / tag_s:7.1f} tok/s "
               f"({ok}/{records} schema-valid) | rec/s ratio tagger/raw {(records / tag_s) / (records / raw_s):.2f}")
-    judge.engine.close()
+    pool.close()
 
 
 def bench_judge(records: int, k: int) -> None:
@@ -100,8 +101,10 @@ def bench_judge(records: int, k: int) -> None:
     from magpie_exp.chat import Models
     from magpie_exp.cli import load_config, setup_environment
     from magpie_exp.engines import Request, SamplingSpec, build_engine
+    from magpie_exp.engines.pool import EnginePool
     from magpie_exp.generators import load_side
     from magpie_exp.models import resolve_model
+    from magpie_exp.stages.common import tag_context
     from magpie_exp.stages.pair import choose_pair
     from magpie_exp.taggers import DifficultyTagger, JudgeScoreTagger, QualityTagger
 
@@ -129,7 +132,7 @@ def bench_judge(records: int, k: int) -> None:
                              (JudgeScoreTagger, "judge_rating", rows)):
         seconds, out = {}, {}
         for mode, cfg in (("explain", explain), ("logprobs", logprobs)):
-            tagger = cls(cfg, Models(cfg, {cfg.tag.judge.model: engine}))
+            tagger = cls(tag_context(cfg), Models(EnginePool(cfg, {cfg.tag.judge.model: engine})))
             tagger.prepare()
             tagger.run(data[-2:])  # warm up this mode's request shapes (and prefix cache of its shared prompt)
             start = time.perf_counter()

@@ -1,19 +1,19 @@
 """Chat models below the stages: a model (judge, guard, base model, evaluated model) with its tokenizer, its chat
-template and a lazily started engine (``ChatModel``), and the pool of them a stage shares (``Models``): one per
-model identity, so the judge, a stand-in guard of the same model and the judge-score reward run on one engine,
-started once, and an engine is closed after its last user. The tag, pair and evaluate stages use them."""
+template and its engine, taken from the stage's engine pool on first use (``ChatModel``), and the chat models a
+stage shares (``Models``): one per engine identity (``engines/pool.py``), so the judge, a stand-in guard of the
+same model and the judge-score reward run on one engine, started once, and given back to the pool after its
+last user. The tag, pair and evaluate stages use them."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from magpie_exp.config import ConfigError, EngineConfig, GeneratorConfig, MagpieConfig
-from magpie_exp.engines import Engine, Request, SamplingSpec, build_engine
+from magpie_exp.config import ConfigError, EngineConfig, GeneratorConfig
+from magpie_exp.engines import Engine, Request, SamplingSpec
+from magpie_exp.engines.pool import EnginePool
 from magpie_exp.models import resolve_model
 
 log = logging.getLogger(__name__)
@@ -22,21 +22,20 @@ log = logging.getLogger(__name__)
 class ChatModel:
     """A chat model (judge, guard or base) with its tokenizer and a lazily started engine."""
 
-    def __init__(self, key: str, gen: GeneratorConfig, cfg: MagpieConfig, injected: Engine | None,
-                 engine_cfg: EngineConfig | None = None) -> None:
+    def __init__(self, key: str, gen: GeneratorConfig, pool: EnginePool, engine_cfg: EngineConfig | None = None) -> None:
         from transformers import AutoTokenizer
 
-        self.key, self.gen, self.cfg = key, gen, cfg
-        self.engine_cfg = engine_cfg or cfg.engine
-        self.engine = injected
-        self.injected = injected is not None
+        self.key, self.gen, self.pool = key, gen, pool
+        self.own_engine = engine_cfg  # an engine config of its own (None: the engine group)
+        self.engine_cfg = engine_cfg or pool.default_engine
+        self.engine: Engine | None = None
         self.seconds = 0.0
         self.tokens = 0
         self.chat_api = self.engine_cfg.type == "openai" and self.engine_cfg.api == "chat"
         if self.chat_api:  # a hosted model: the server applies its own template; nothing to load here
             self.model_path, self.tokenizer = gen.model, None
             return
-        self.model_path = resolve_model(gen.model, Path(cfg.paths.cache_dir), key=f"{key}.model")
+        self.model_path = resolve_model(gen.model, pool.cache_dir, key=f"{key}.model")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=gen.trust_remote_code)
         except OSError as exc:
@@ -75,27 +74,32 @@ class ChatModel:
             ids = [bos, *ids]
         return ids
 
-    def generate(self, requests: list[Request]) -> list[Any]:
+    def started(self) -> Engine:
+        """This model's engine, from the pool (started there on first use)."""
         if self.engine is None:
-            self.engine = build_engine(self.engine_cfg, self.gen, self.model_path, self.cfg.seed, self.cfg.executor)
+            self.engine = self.pool.engine(self.gen, self.own_engine, key=f"{self.key}.model")
+        return self.engine
+
+    def generate(self, requests: list[Request]) -> list[Any]:
+        engine = self.started()
         start = time.perf_counter()
-        out = self.engine.generate(requests)
+        out = engine.generate(requests)
         self.seconds += time.perf_counter() - start
         self.tokens += sum(c.token_count for o in out for c in o)
         return [o[0] for o in out]
 
     def close(self) -> None:
-        if self.engine is not None and not self.injected:
-            self.engine.close()
+        """Give the engine back to the pool (which closes it unless it is lent or kept)."""
+        if self.engine is not None:
+            self.pool.release(self.engine)
         self.engine = None
 
 
 class Models:
-    """Chat models by model identity, shared between taggers; each is closed after its last user."""
+    """Chat models by engine identity, shared between taggers; each engine is given back after its last user."""
 
-    def __init__(self, cfg: MagpieConfig, injected: dict[str, Engine] | None = None) -> None:
-        self.cfg = cfg
-        self.injected = injected if injected is not None else {}  # a dict, or the pipeline's lazy EnginePool
+    def __init__(self, pool: EnginePool) -> None:
+        self.pool = pool
         self.models: dict[str, ChatModel] = {}
         self._shared: dict[str, Any] = {}
 
@@ -106,23 +110,22 @@ class Models:
             self._shared[name] = make()
         return self._shared[name]
 
-    @staticmethod
-    def identity(gen: GeneratorConfig, engine_cfg: EngineConfig | None = None) -> str:
-        engine = None if engine_cfg is None else [engine_cfg.type, engine_cfg.base_urls]
-        return json.dumps([gen.model, gen.max_model_len, gen.tensor_parallel_size, gen.trust_remote_code, engine])
+    def identity(self, gen: GeneratorConfig, engine_cfg: EngineConfig | None = None) -> str:
+        return self.pool.identity(gen, engine_cfg)
 
     def get(self, key: str, gen: GeneratorConfig, engine_cfg: EngineConfig | None = None) -> ChatModel:
-        """The pooled model for ``gen``; ``engine_cfg`` (not the engine group) gets an engine of its own."""
+        """The shared chat model for ``gen``; ``engine_cfg`` (not the engine group) gets an engine of its own."""
         ident = self.identity(gen, engine_cfg)
         if ident not in self.models:
-            injected = self.injected.get(gen.model) if engine_cfg is None else None
-            self.models[ident] = ChatModel(key, gen, self.cfg, injected, engine_cfg=engine_cfg)
+            self.models[ident] = ChatModel(key, gen, self.pool, engine_cfg=engine_cfg)
         return self.models[ident]
 
     def release(self, keep: set[str]) -> None:
+        """Give back the engines of the models no later user needs (``keep``: identities still needed)."""
         for ident, model in list(self.models.items()):
-            if ident not in keep and model.engine is not None and not model.injected:
-                log.info("closing the %s engine (%s)", model.key, model.gen.name)
+            if ident not in keep and model.engine is not None:
+                if self.pool.owns(model.engine):
+                    log.info("closing the %s engine (%s)", model.key, model.gen.name)
                 model.close()
 
     def close(self) -> None:

@@ -16,7 +16,6 @@ the W&B run (``tracker``).
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import json
 import logging
@@ -25,8 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from magpie_exp.config import ConfigError, GeneratorConfig, MagpieConfig
+from magpie_exp.config import ConfigError, MagpieConfig
 from magpie_exp.engines import Engine
+from magpie_exp.engines.pool import EnginePool
 from magpie_exp.runner import run_step
 from magpie_exp.stages import STEPS
 from magpie_exp.stages.common import StageResult
@@ -61,133 +61,17 @@ def _forced_folders(step: str, cfg: MagpieConfig, args: dict[str, Any]) -> list[
         return []  # its input does not exist yet: nothing cached to remove
 
 
-class EnginePool:
-    """In-process engines shared by the steps of one pipeline run, by model spec, each started on first use.
-
-    The generator, the tag judge and guard, the pair stage's response model and the evaluation judge are
-    often one model (on CPU: SmolLM2 for all of them); one engine then serves them all instead of a start-up per
-    stage. Stages treat pooled engines as borrowed (they never close them); the pipeline closes them before
-    training, which needs the memory (or the GPUs), and at the end. ``given`` engines (tests) are never closed.
-    """
-
-    def __init__(self, cfg: MagpieConfig, given: dict[str, Engine] | None = None, keep: bool | None = None) -> None:
-        self.cfg = cfg
-        self.given = dict(given or {})
-        self.engines: dict[str, Engine] = {}
-        if keep is None:  # on CPU an idle engine costs only memory; on a GPU node training needs the GPUs
-            import torch
-
-            # a Ray cluster joined by address may hold GPUs that training needs; one started here is this machine
-            keep = not torch.cuda.is_available() and not (cfg.executor.type == "ray" and cfg.executor.address)
-        self.keep = keep
-        ev = cfg.evaluation
-        candidates = [cfg.generator, cfg.response_generator, cfg.tag.judge, cfg.tag.guard,
-                      ev.judge if ev.judge_engine is None else None]
-        self.known: dict[str, GeneratorConfig] = {}
-        for gen in candidates:
-            if gen is not None:
-                self.known.setdefault(gen.model, gen)
-
-    def _spec(self, key: str) -> str:
-        return {"generator": self.cfg.generator.model,
-                "response_generator": (self.cfg.response_generator or self.cfg.generator).model}.get(key, key)
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and (self._spec(key) in self.known or self._spec(key) in self.given)
-
-    def get(self, key: str, default: Engine | None = None) -> Engine | None:
-        spec = self._spec(key)
-        if spec in self.given:
-            return self.given[spec]
-        if spec not in self.known:
-            return default
-        if spec not in self.engines:
-            gen = self.known[spec]
-            key = self._identity(gen)
-            if self.keep and key in _KEPT:
-                log.info("pipeline: reusing the %s engine for %s from an earlier run in this process", self.cfg.engine.type, gen.name)
-                self.engines[spec] = _KEPT[key]
-            else:
-                from magpie_exp.engines import build_engine
-                from magpie_exp.models import resolve_model
-
-                if self.keep:  # free kept engines this run does not use (lent ones belong to their lender)
-                    for old in [k for k in _KEPT if k not in {self._identity(g) for g in self.known.values()}]:
-                        engine = _KEPT.pop(old)
-                        if old not in _LENT:
-                            engine.close()
-                path = resolve_model(gen.model, Path(self.cfg.paths.cache_dir), key="generator.model")
-                log.info("pipeline: starting the shared %s engine for %s (executor %s)", self.cfg.engine.type, gen.name,
-                         self.cfg.executor.type)
-                self.engines[spec] = build_engine(self.cfg.engine, gen, path, self.cfg.seed, self.cfg.executor)
-                if self.keep:
-                    _keep(key, self.engines[spec])
-        return self.engines[spec]
-
-    def _identity(self, gen: GeneratorConfig) -> str:
-        return engine_identity(self.cfg, gen)
-
-    def close(self) -> None:
-        """Release this run's engines; kept ones (CPU) stay up for the next run in this process."""
-        for spec, engine in list(self.engines.items()):
-            if not any(engine is kept for kept in _KEPT.values()):
-                engine.close()
-            del self.engines[spec]
-
-
-_KEPT: dict[str, Engine] = {}  # engines that outlive one pipeline run (the jobs of a multirun share one process)
-_LENT: set[str] = set()  # identities of engines lent by the caller (never closed here)
-
-
-def engine_identity(cfg: MagpieConfig, gen: GeneratorConfig) -> str:
-    """What makes two in-process engines interchangeable: engine settings, model, context, parallelism, seed."""
-    from magpie_exp.config import as_plain
-
-    return json.dumps([as_plain(cfg.engine), as_plain(cfg.executor), gen.model, gen.max_model_len, gen.tensor_parallel_size,
-                       gen.trust_remote_code, cfg.seed], sort_keys=True)
-
-
-def lend_engine(cfg: MagpieConfig, gen: GeneratorConfig, engine: Engine) -> None:
-    """Offer an engine the caller owns (a test session's, a notebook's) to every later pipeline run in this process."""
-    key = engine_identity(cfg, gen)
-    _keep(key, engine)
-    _LENT.add(key)
-
-
-def _keep(key: str, engine: Engine) -> None:
-    """Keep ``engine`` for later runs in this process, and close it when the process exits.
-
-    The exit hook is registered here, after the engine exists: atexit runs hooks last-registered first, and
-    multiprocessing's own hook (registered when vLLM first imports it) joins the engine's worker process, which
-    only ends once the engine is closed. Registered at import time, the hook came too late and the process
-    hung at exit."""
-    global _HOOKED
-    _KEPT[key] = engine
-    if not _HOOKED:
-        atexit.register(_close_kept)
-        _HOOKED = True
-
-
-_HOOKED = False
-
-
-def _close_kept() -> None:
-    while _KEPT:
-        key, engine = _KEPT.popitem()
-        if key in _LENT:
-            continue
-        try:
-            engine.close()
-        except Exception:  # interpreter shutdown: best effort
-            pass
-
-
 class Pipeline:
     def __init__(self, cfg: MagpieConfig, tracker: Tracker, run_dir: Path, engines: dict[str, Engine] | None = None) -> None:
         self.cfg, self.tracker, self.run_dir = cfg, tracker, run_dir
         self.records: list[StepRecord] = []
         self.scores: dict[str, dict[str, Any]] = {}
-        self.pool = EnginePool(cfg, engines)
+        import torch
+
+        # on CPU an idle engine costs only memory; on a GPU node training needs the GPUs (a Ray cluster joined by
+        # address may hold GPUs too; one started here is this machine)
+        keep = not torch.cuda.is_available() and not (cfg.executor.type == "ray" and cfg.executor.address)
+        self.pool = EnginePool(cfg, engines, pipeline=True, keep=keep)
 
     def _run(self, step: str, name: str | None = None, **args: Any) -> StageResult:
         """Run ``step`` on this run's config with its arguments (``stages.Step``: what it reads, DPO's starting
@@ -230,7 +114,7 @@ class Pipeline:
         if "tag" in stages and "curate" in stages:  # a recipe on a field no tagger writes: say so before generating
             from magpie_exp.rules import check_tagged_fields
 
-            check_tagged_fields(cfg, list(cfg.tag.taggers))
+            check_tagged_fields(cfg.curate, list(cfg.tag.taggers))
         previous: StageResult | None = None
         results: dict[str, StageResult] = {}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from magpie_exp.config import ConfigError, CurateConfig, MagpieConfig, Rule
+from magpie_exp.config import ConfigError, CurateConfig, Rule
 from magpie_exp.labels import CATEGORICAL, ORDINAL
 from magpie_exp.records import EXPORT_FORMATS, Record, first_exchange
 from magpie_exp.taggers import DecontamTagger
@@ -153,11 +153,11 @@ def recipe_fields(curate: CurateConfig) -> list[tuple[str, str]]:
     return fields
 
 
-def check_tagged_fields(cfg: MagpieConfig, taggers: list[str]) -> None:
+def check_tagged_fields(curate: CurateConfig, taggers: list[str]) -> None:
     """Every field the curate recipe reads is written by one of ``taggers`` (the pipeline checks before it starts)."""
     import difflib
 
-    for key, name in recipe_fields(cfg.curate):
+    for key, name in recipe_fields(curate):
         if name in DERIVED_FIELDS:
             continue
         tagger = FIELD_TAGGER.get(name)

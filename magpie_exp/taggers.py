@@ -12,11 +12,12 @@ guard of the same model and the judge-score reward all run on one vLLM engine, s
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from collections.abc import Sequence
 
-from magpie_exp.config import ConfigError, MagpieConfig
+from magpie_exp.config import ConfigError, GeneratorConfig, TagConfig
 from magpie_exp.engines import Request, SamplingSpec
 from magpie_exp.labels import GUARD_REGEX, urial_prompt, JudgeTask, guard_prompt, judge_tasks, parse_guard, parse_judgement
 from magpie_exp.models import resolve_model
@@ -28,12 +29,25 @@ log = logging.getLogger(__name__)
 TagRow = dict[str, Any]
 
 
+@dataclass(frozen=True)
+class TagContext:
+    """What taggers read: the ``tag`` section, and the few facts they need from the rest of the config (built by
+    the stages: ``stages.common.tag_context``)."""
+
+    tag: TagConfig
+    generator: GeneratorConfig  # whose tokenizer counts tokens (length tagger)
+    cache_dir: Path
+    seed: int
+    eval_data_dir: str | None = None  # evaluation.data_dir (decontam reads the evaluation sets)
+    lm_eval_local_data: dict[str, Any] = field(default_factory=dict)  # evaluation.lm_eval.local_data (decontam)
+
+
 class Tagger:
     name: str = ""
     fields: tuple[str, ...] = ()
 
-    def __init__(self, cfg: MagpieConfig, models: Models) -> None:
-        self.cfg, self.tc, self.models = cfg, cfg.tag, models
+    def __init__(self, ctx: TagContext, models: Models) -> None:
+        self.ctx, self.tc, self.models = ctx, ctx.tag, models
 
     def model_ids(self) -> set[str]:
         """Identities of the pooled chat models this tagger uses (to close engines after their last user)."""
@@ -59,11 +73,11 @@ class LengthTagger(Tagger):
     def prepare(self) -> None:
         from transformers import AutoTokenizer
 
-        path = resolve_model(self.cfg.generator.model, Path(self.cfg.paths.cache_dir))
-        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.cfg.generator.trust_remote_code)
+        path = resolve_model(self.ctx.generator.model, self.ctx.cache_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.ctx.generator.trust_remote_code)
 
     def model_name(self) -> str:
-        return f"{self.cfg.generator.name} tokenizer"
+        return f"{self.ctx.generator.name} tokenizer"
 
     def run(self, records: Sequence[Record]) -> list[TagRow]:
         rows = []
@@ -112,13 +126,13 @@ class JudgeTagger(Tagger):
 
     task_name = ""
 
-    def __init__(self, cfg: MagpieConfig, models: Models) -> None:
-        super().__init__(cfg, models)
-        self.task: JudgeTask = judge_tasks(cfg.tag.explanation_chars, cfg.tag.judge_mode)[self.task_name]
+    def __init__(self, ctx: TagContext, models: Models) -> None:
+        super().__init__(ctx, models)
+        self.task: JudgeTask = judge_tasks(ctx.tag.explanation_chars, ctx.tag.judge_mode)[self.task_name]
         self.fields = tuple(self.task.fields.values())
 
     def model_ids(self) -> set[str]:
-        return {Models.identity(self.tc.judge)}
+        return {self.models.identity(self.tc.judge)}
 
     def prepare(self) -> None:
         self.judge = self.models.get("tag.judge", self.tc.judge)
@@ -130,10 +144,10 @@ class JudgeTagger(Tagger):
         if task.rating is not None:
             prompts = [self.judge.chat_ids([{"role": "user", "content": task.render(i, r)}]) for i, r in pairs]
             seqs = answer_ids(task.rating, lambda a: self.judge.tokenizer.encode(a, add_special_tokens=False))
-            return rate(task.rating, prompts, seqs, self.judge.generate, self.tc.judge_top_logprobs, self.cfg.seed,
+            return rate(task.rating, prompts, seqs, self.judge.generate, self.tc.judge_top_logprobs, self.ctx.seed,
                         self.tc.judge_min_mass)
         spec = SamplingSpec(temperature=0.0, max_tokens=self.tc.judge_max_tokens, json_schema=task.schema_json,
-                            seed=self.cfg.seed)
+                            seed=self.ctx.seed)
         requests = [Request(self.judge.chat_ids([{"role": "user", "content": task.render(i, r)}]), spec) for i, r in pairs]
         return [parse_judgement(task, c.text, c.finish_reason) for c in self.judge.generate(requests)]
 
@@ -173,7 +187,7 @@ class SafetyTagger(Tagger):
     fields = ("safety", "safety_categories", "safety_raw")
 
     def model_ids(self) -> set[str]:
-        return {Models.identity(self.tc.guard)}
+        return {self.models.identity(self.tc.guard)}
 
     def prepare(self) -> None:
         self.guard = self.models.get("tag.guard", self.tc.guard)
@@ -187,7 +201,7 @@ class SafetyTagger(Tagger):
         return self.guard.chat_ids([{"role": "user", "content": instruction}, {"role": "assistant", "content": response}])
 
     def run(self, records: Sequence[Record]) -> list[TagRow]:
-        spec = SamplingSpec(temperature=0.0, max_tokens=24, regex=GUARD_REGEX, seed=self.cfg.seed)
+        spec = SamplingSpec(temperature=0.0, max_tokens=24, regex=GUARD_REGEX, seed=self.ctx.seed)
         requests = [Request(self.prompt_ids(*first_exchange(r)), spec) for r in records]
         rows = []
         for completion in self.guard.generate(requests):
@@ -200,18 +214,18 @@ class SafetyTagger(Tagger):
 class Scorer:
     """Reward of (instruction, response) pairs: a sequence-classification model, or the judge's 1-10 score."""
 
-    def __init__(self, cfg: MagpieConfig, models: Models) -> None:
-        self.tc = cfg.tag
+    def __init__(self, ctx: TagContext, models: Models) -> None:
+        self.tc = ctx.tag
         self.rm = None
         self.judge: JudgeTagger | None = None
         if self.tc.reward_source == "model":
             from magpie_exp.scoring import RewardModel
 
             rmc = self.tc.reward_model
-            path = resolve_model(rmc.model, Path(cfg.paths.cache_dir), key="tag.reward_model.model")
+            path = resolve_model(rmc.model, ctx.cache_dir, key="tag.reward_model.model")
             self.rm = RewardModel(path, rmc.batch_size, rmc.max_length, rmc.dtype, rmc.trust_remote_code)
         else:
-            self.judge = JudgeScoreTagger(cfg, models)
+            self.judge = JudgeScoreTagger(ctx, models)
             self.judge.prepare()
 
     @property
@@ -230,17 +244,17 @@ class Scorer:
         self.rm = None
 
 
-def shared_scorer(cfg: MagpieConfig, models: Models) -> Scorer:
+def shared_scorer(ctx: TagContext, models: Models) -> Scorer:
     """The stage's one reward scorer (a reward model is loaded once for reward, base_reward and pair)."""
-    return models.shared("scorer", lambda: Scorer(cfg, models))
+    return models.shared("scorer", lambda: Scorer(ctx, models))
 
 
-def shared_embedder(cfg: MagpieConfig, models: Models) -> Any:
+def shared_embedder(ctx: TagContext, models: Models) -> Any:
     """The stage's one sentence embedder (embedding and decontam share it)."""
     def make() -> Any:
         from magpie_exp.scoring import Embedder
 
-        e = cfg.tag.embedder
+        e = ctx.tag.embedder
         return Embedder(e.model, e.batch_size, e.device)
 
     return models.shared("embedder", make)
@@ -251,10 +265,10 @@ class RewardTagger(Tagger):
     fields = ("reward",)
 
     def model_ids(self) -> set[str]:
-        return {Models.identity(self.tc.judge)} if self.tc.reward_source == "judge" else set()
+        return {self.models.identity(self.tc.judge)} if self.tc.reward_source == "judge" else set()
 
     def prepare(self) -> None:
-        self.scorer = shared_scorer(self.cfg, self.models)
+        self.scorer = shared_scorer(self.ctx, self.models)
 
     def model_name(self) -> str:
         return self.scorer.name
@@ -275,19 +289,19 @@ class BaseRewardTagger(Tagger):
     fields = ("base_response", "base_finish_reason", "base_reward")
 
     def model_ids(self) -> set[str]:
-        ids = {Models.identity(self.tc.base_model, self.tc.base_engine)}
-        return ids | ({Models.identity(self.tc.judge)} if self.tc.reward_source == "judge" else set())
+        ids = {self.models.identity(self.tc.base_model, self.tc.base_engine)}
+        return ids | ({self.models.identity(self.tc.judge)} if self.tc.reward_source == "judge" else set())
 
     def prepare(self) -> None:
         self.base = self.models.get("tag.base_model", self.tc.base_model, self.tc.base_engine)
-        self.scorer = shared_scorer(self.cfg, self.models)
+        self.scorer = shared_scorer(self.ctx, self.models)
 
     def model_name(self) -> str:
         return f"{self.tc.base_model.name} (URIAL) scored by {self.scorer.name}"
 
     def run(self, records: Sequence[Record]) -> list[TagRow]:
         spec = SamplingSpec(temperature=0.0, max_tokens=self.tc.base_max_tokens, stop=("```", "# Query"),
-                            seed=self.cfg.seed)
+                            seed=self.ctx.seed)
         instructions = [first_exchange(r)[0] for r in records]
         outs = self.base.generate([Request(self.base.raw_ids(urial_prompt(i)), spec) for i in instructions])
         answers = [o.text.strip() for o in outs]
@@ -306,7 +320,7 @@ class EmbeddingTagger(Tagger):
     fields = ()
 
     def prepare(self) -> None:
-        self.embedder = shared_embedder(self.cfg, self.models)
+        self.embedder = shared_embedder(self.ctx, self.models)
 
     def model_name(self) -> str:
         return self.tc.embedder.name
@@ -334,16 +348,15 @@ class DecontamTagger(Tagger):
         if getattr(self, "_sources", None) is None:
             from magpie_exp.decontam import benchmark_prompts
 
-            ev = self.cfg.evaluation
-            self._sources = benchmark_prompts(self.tc.decontam, ev.data_dir, Path(self.cfg.paths.cache_dir),
-                                              dict(ev.lm_eval.local_data))
+            self._sources = benchmark_prompts(self.tc.decontam, self.ctx.eval_data_dir, self.ctx.cache_dir,
+                                              dict(self.ctx.lm_eval_local_data))
         return self._sources
 
     def prepare(self) -> None:
         from magpie_exp.decontam import Index, prompt_vectors
 
         dc = self.tc.decontam
-        cache = Path(self.cfg.paths.cache_dir)
+        cache = self.ctx.cache_dir
         prompts, _, self.unchecked = self.sources()
         if not prompts:
             raise ConfigError(f"tag.decontam.benchmarks: none of {list(dc.benchmarks)} is available locally "
@@ -351,7 +364,7 @@ class DecontamTagger(Tagger):
                               "decontam from tag.taggers")
         for name, why in self.unchecked.items():
             log.warning("decontam: %s not checked: %s", name, why)
-        self.embedder = shared_embedder(self.cfg, self.models) if dc.similarity is not None else None
+        self.embedder = shared_embedder(self.ctx, self.models) if dc.similarity is not None else None
         vectors = None
         if self.embedder is not None:
             vectors = prompt_vectors(prompts, self.embedder.encode, self.tc.embedder.model, cache)

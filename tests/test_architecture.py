@@ -1,7 +1,8 @@
 """The shape of the package, checked on every run: its import graph (function-local imports included, imports
 under ``if TYPE_CHECKING:`` and a submodule's import of its own package left out) has no cycle; the config imports
-no stage, engine or step; no stage imports another; the registry names every step; nothing imports the CLI or,
-except the CLI, the pipeline; the README's tree names every module."""
+no stage, engine or step; no stage imports another; below the stages code takes its section of the config; the
+registry names every step; nothing imports the CLI or, except the CLI, the pipeline; the README's tree names every
+module."""
 
 from __future__ import annotations
 
@@ -105,6 +106,17 @@ def test_no_stage_imports_another_stage() -> None:
     edges = graph()
     assert STAGE_MODULES <= set(edges)
     assert {m: sorted(edges[m] & STAGE_MODULES) for m in STAGE_MODULES if edges[m] & STAGE_MODULES} == {}
+
+
+def test_below_the_stages_code_takes_its_section_of_the_config() -> None:
+    """Only the config itself, the stages (and inspect), the pipeline, the CLI, the step runner, the cross-stage
+    checks and the engine pool (which knows which models a config shares) see the whole ``MagpieConfig``; taggers,
+    chat models, rules, evaluation and training take their section."""
+    allowed = {"magpie_exp.cli", "magpie_exp.pipeline", "magpie_exp.runner", "magpie_exp.checks",
+               "magpie_exp.inspection", "magpie_exp.engines.pool"}
+    seen = {_module(p) for p in PACKAGE.rglob("*.py") if "MagpieConfig" in p.read_text()}
+    below = {m for m in seen if not m.startswith(("magpie_exp.config", "magpie_exp.stages"))}
+    assert below - allowed == set(), sorted(below - allowed)
 
 
 def test_the_registry_names_every_step_once_in_the_pipeline_order() -> None:

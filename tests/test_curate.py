@@ -190,7 +190,7 @@ def test_misspelled_recipe_fields_are_one_line(tmp_path: Path, overrides: list[s
     with pytest.raises(ConfigError, match=message):
         run_curate(schema(f"input={table}", f"paths.outputs={tmp_path / 'out'}", *overrides), show_progress=False)
     with pytest.raises(ConfigError, match=message.split(":")[0]):  # the pipeline says so before generating
-        check_tagged_fields(schema(*overrides), ["length", "quality", "difficulty", "task_category", "reward", "embedding"])
+        check_tagged_fields(schema(*overrides).curate, ["length", "quality", "difficulty", "task_category", "reward", "embedding"])
 
 
 def test_untagged_input_with_a_tag_recipe_is_refused(tmp_path: Path) -> None:

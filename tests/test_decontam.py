@@ -160,4 +160,4 @@ def test_decontaminate_needs_the_tagger(tmp_path: Path) -> None:
     from magpie_exp.rules import check_tagged_fields
 
     with pytest.raises(ConfigError, match=r"curate.decontaminate needs the field 'contaminated'.*add 'decontam'"):
-        check_tagged_fields(schema("curate=english-safe"), ["language", "safety", "embedding"])
+        check_tagged_fields(schema("curate=english-safe").curate, ["language", "safety", "embedding"])

@@ -220,13 +220,14 @@ def test_missing_model_folders_are_clear_errors(tmp_path: Path) -> None:
     from magpie_exp.stages.keys import trained_model
 
     with pytest.raises(ConfigError, match="evaluation.model: '/nonexistent/model' does not exist"):
-        resolve_candidate(schema("stage=evaluate", "evaluation.model=/nonexistent/model"), None)
+        bad = schema("stage=evaluate", "evaluation.model=/nonexistent/model")
+        resolve_candidate(bad.evaluation, bad.generator, bad.trainer, None)
     cfg = schema("stage=evaluate", f"paths.outputs={tmp_path}")
     trained = trained_model(cfg, "sft")  # named from the config alone: nothing upstream exists yet
     assert trained.parent.parent == tmp_path / "stages" / "train" and not trained.exists()
     with pytest.raises(ConfigError, match=rf"evaluation.model is null and this config's trained SFT model '{trained}' "
                                           r"does not exist; run `magpie-exp stage=train`"):
-        resolve_candidate(cfg, trained)
+        resolve_candidate(cfg.evaluation, cfg.generator, cfg.trainer, trained)
 
 
 def test_hosted_chat_judge_requests(monkeypatch) -> None:

@@ -129,7 +129,7 @@ def twin_outputs(tmp_path_factory) -> Path:
 @pytest.fixture
 def lent_engine(vllm_engine):
     """The session's SmolLM2 engine, lent to every pipeline run (in-process Hydra jobs included)."""
-    from magpie_exp.pipeline import _KEPT, _LENT, engine_identity, lend_engine
+    from magpie_exp.engines.pool import _KEPT, _LENT, engine_identity, lend_engine
 
     cfg = schema("scale=tiny")
     lend_engine(cfg, cfg.generator, vllm_engine)

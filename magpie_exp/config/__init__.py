@@ -8,11 +8,12 @@ This face re-exports what the rest of the package uses, so callers import ``magp
 from magpie_exp.config.compose import register_configs, secret_in_override, to_schema
 from magpie_exp.config.schema import (ConfigError, CurateConfig, DecontamConfig, DPOSpec, EngineConfig, EvaluationConfig,
                                       ExecutorConfig, GenerateConfig, GeneratorConfig, GridCell, MagpieConfig, ResponseSampling,
-                                      Rule, SFTSpec, TrainSpec, as_plain)
+                                      Rule, SFTSpec, TagConfig, TrainSpec, as_plain)
 from magpie_exp.config.validate import (DTYPES, ENGINES, JUDGE_TAGGERS, PIPELINE_STAGES, STAGES, TAGGERS, need, validate,
                                         validate_engine)
 
 __all__ = ["DTYPES", "ENGINES", "JUDGE_TAGGERS", "PIPELINE_STAGES", "STAGES", "TAGGERS", "ConfigError", "CurateConfig",
            "DPOSpec", "DecontamConfig", "EngineConfig", "EvaluationConfig", "ExecutorConfig", "GenerateConfig",
-           "GeneratorConfig", "GridCell", "MagpieConfig", "ResponseSampling", "Rule", "SFTSpec", "TrainSpec", "as_plain", "need",
+           "GeneratorConfig", "GridCell", "MagpieConfig", "ResponseSampling", "Rule", "SFTSpec", "TagConfig", "TrainSpec", "as_plain",
+           "need",
            "register_configs", "secret_in_override", "to_schema", "validate", "validate_engine"]

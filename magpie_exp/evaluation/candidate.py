@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from magpie_exp.config import ConfigError, EvaluationConfig, GeneratorConfig, MagpieConfig, ResponseSampling
+from magpie_exp.config import ConfigError, EvaluationConfig, GeneratorConfig, ResponseSampling
 
 
 @dataclass(frozen=True)
@@ -23,11 +23,11 @@ def _fingerprint(folder: Path) -> str:
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
 
 
-def resolve_candidate(cfg: MagpieConfig, trained: Path | None, model: str | None = None,
-                      label: str | None = None) -> Candidate:
+def resolve_candidate(ev: EvaluationConfig, generator: GeneratorConfig, trainer: str, trained: Path | None,
+                      model: str | None = None, label: str | None = None) -> Candidate:
     """The model to evaluate: ``model`` (the pipeline's choice) or ``evaluation.model``; null means ``trained``,
-    this config's trained model folder. ``label`` (else ``evaluation.label``) names it in tables."""
-    ev = cfg.evaluation
+    this config's ``trainer`` model folder. ``label`` (else ``evaluation.label``) names it in tables; "generator"
+    is ``generator``."""
     model = ev.model if model is None else model
     label = ev.label if label is None else label
     if model is None:
@@ -36,11 +36,11 @@ def resolve_candidate(cfg: MagpieConfig, trained: Path | None, model: str | None
             raise ValueError("resolve_candidate: evaluation.model is null, so pass this config's trained model folder")
         folder = trained
         if not (folder / "config.json").exists():
-            raise ConfigError(f"evaluation.model is null and this config's trained {cfg.trainer.upper()} model "
+            raise ConfigError(f"evaluation.model is null and this config's trained {trainer.upper()} model "
                               f"'{folder}' does not exist; {fix}")
-        spec, label = str(folder), label or f"{cfg.trainer}-{folder.parent.name}"
+        spec, label = str(folder), label or f"{trainer}-{folder.parent.name}"
     elif model == "generator":
-        spec, label = cfg.generator.model, label or cfg.generator.name
+        spec, label = generator.model, label or generator.name
     else:
         spec, label = model, label or Path(model).name.replace("embedded:", "")
         path = Path(spec).expanduser()

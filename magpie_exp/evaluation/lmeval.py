@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from magpie_exp.config import ConfigError, MagpieConfig
+from magpie_exp.config import ConfigError, EvaluationConfig
 from magpie_exp.models import resolve_model
 
 log = logging.getLogger(__name__)
@@ -98,16 +98,16 @@ def _task_manager(include_path: str | None) -> Any:
     return _MANAGERS[include_path]
 
 
-def run_lm_eval(cfg: MagpieConfig, candidate: Any, out: Path) -> dict[str, Any]:
+def run_lm_eval(ev: EvaluationConfig, cache_dir: Path, seed: int, candidate: Any, out: Path) -> dict[str, Any]:
     """Run ``evaluation.lm_eval.tasks`` on the candidate model; results and per-sample logs go to ``out``."""
     import lm_eval
 
-    spec = cfg.evaluation.lm_eval
-    limit = spec.limit if spec.limit is not None else (cfg.evaluation.limit or cfg.evaluation.sample)
+    spec = ev.lm_eval
+    limit = spec.limit if spec.limit is not None else (ev.limit or ev.sample)
     done = out / "results.json"
     if done.exists():
         return json.loads(done.read_text())
-    model_path = resolve_model(candidate.spec, Path(cfg.paths.cache_dir), key="evaluation.model")
+    model_path = resolve_model(candidate.spec, cache_dir, key="evaluation.model")
     manager = _task_manager(None)  # indexing lm-eval's tasks takes ~15 s: done once per process
     names = local_task_yamls(spec.local_data, manager, out / "tasks") if spec.local_data else {}
     if names:
@@ -126,7 +126,7 @@ def run_lm_eval(cfg: MagpieConfig, candidate: Any, out: Path) -> dict[str, Any]:
     log.info("lm-eval %s on %s (limit %s)", tasks, model_path, limit)
     results = lm_eval.simple_evaluate(model=spec.model, model_args=model_args, tasks=tasks, num_fewshot=spec.num_fewshot,
                                       batch_size=spec.batch_size, limit=limit, apply_chat_template=spec.apply_chat_template,
-                                      log_samples=True, task_manager=manager, random_seed=cfg.seed, bootstrap_iters=0)
+                                      log_samples=True, task_manager=manager, random_seed=seed, bootstrap_iters=0)
     out.mkdir(parents=True, exist_ok=True)
     with (out / "samples.jsonl").open("w") as handle:
         for task, samples in (results.get("samples") or {}).items():

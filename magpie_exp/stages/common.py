@@ -21,8 +21,15 @@ from magpie_exp.files import file_digest
 from magpie_exp.records import Record, record_id
 from magpie_exp.shards import ShardStore, writer_of
 from magpie_exp.stages.keys import CHAIN, folder
+from magpie_exp.taggers import TagContext
 
 _SHAREGPT_ROLE = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def tag_context(cfg: MagpieConfig) -> TagContext:
+    """What the taggers (and the pair stage's scorer) read of the config: its ``tag`` section and four facts."""
+    ev = cfg.evaluation
+    return TagContext(cfg.tag, cfg.generator, Path(cfg.paths.cache_dir), cfg.seed, ev.data_dir, dict(ev.lm_eval.local_data))
 
 
 def check_writable(folder: Path, key: str) -> None:

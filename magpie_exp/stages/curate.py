@@ -135,7 +135,7 @@ def check_inputs(cfg: MagpieConfig, source: StageInput, sample: int = 1000) -> N
             if n + 1 >= sample:
                 break
     if from_tag_stage:
-        check_tagged_fields(cfg, list(taggers))
+        check_tagged_fields(cfg.curate, list(taggers))
         return
     for key, name in recipe_fields(cfg.curate):
         if name in DERIVED_FIELDS or name in carried:

@@ -37,6 +37,7 @@ from typing import Any
 from magpie_exp import __version__
 from magpie_exp.config import MagpieConfig, as_plain, need, validate_engine
 from magpie_exp.engines import Engine, SamplingSpec
+from magpie_exp.engines.pool import EnginePool
 from magpie_exp.evaluation.data import LOADERS, MT_BENCH_TEMPERATURE, mt_bench_judge_prompts, subset
 from magpie_exp.files import stable_seed
 from magpie_exp.generators import eos_ids
@@ -93,16 +94,16 @@ def check_evaluation_config(cfg: MagpieConfig) -> None:
 
 
 class EvaluateStage:
-    def __init__(self, cfg: MagpieConfig, engines: dict[str, Engine] | None, model: str | None = None,
+    def __init__(self, cfg: MagpieConfig, engines: EnginePool | dict[str, Engine] | None, model: str | None = None,
                  label: str | None = None) -> None:
         from magpie_exp.chat import ChatModel
 
         self.cfg, self.ev = cfg, cfg.evaluation
         self.cache_dir = Path(cfg.paths.cache_dir)
         self.root = Path(cfg.paths.outputs) / "stages" / "evaluate"
-        self.engines = engines if engines is not None else {}
+        self.pool, self.owns_pool = EnginePool.of(cfg, engines)
         trained = keys.trained_model(cfg, cfg.trainer) if (model or cfg.evaluation.model) is None else None
-        self.cand = resolve_candidate(cfg, trained, model, label)
+        self.cand = resolve_candidate(cfg.evaluation, cfg.generator, cfg.trainer, trained, model, label)
         self.items = {b: subset(LOADERS[b](self.ev.data_dir, self.cache_dir), self.ev.limit, self.ev.sample, cfg.seed)
                       for b in self.ev.benchmarks if b in LOADERS}
         self.judge_prompts = mt_bench_judge_prompts(self.ev.data_dir, self.cache_dir) if "mt_bench" in self.ev.benchmarks else {}
@@ -123,8 +124,7 @@ class EvaluateStage:
     def candidate(self) -> Any:
         if self.model is None:
             gen = candidate_generator(self.cand, self.cfg.evaluation)
-            injected = self.engines.get(self.cand.spec) if self.ev.model_engine is None else None
-            self.model = self._chat_cls("evaluation.model", gen, self.cfg, injected, engine_cfg=self.model_engine)
+            self.model = self._chat_cls("evaluation.model", gen, self.pool, engine_cfg=self.ev.model_engine)
             self.stop_ids = tuple(dict.fromkeys(eos_ids(self.model.tokenizer, self.model.model_path)))
         return self.model
 
@@ -208,8 +208,7 @@ class EvaluateStage:
                 self.judge_chat = self.model
             else:
                 self.close_candidate()
-                self.judge_chat = self._chat_cls("evaluation.judge", ev.judge, self.cfg, self.engines.get(ev.judge.model),
-                                                 engine_cfg=judge_engine)
+                self.judge_chat = self._chat_cls("evaluation.judge", ev.judge, self.pool, engine_cfg=ev.judge_engine)
             self._judge = Judge(self.judge_chat, ev.judge_max_tokens, ev.reask, self.cfg.seed)
         return self._judge
 
@@ -280,6 +279,8 @@ class EvaluateStage:
         for chat in {id(c): c for c in (self.model, self.judge_chat) if c is not None}.values():
             chat.close()
         self.model = self.judge_chat = None
+        if self.owns_pool:
+            self.pool.close()
 
 
 def stage_payload(stage: EvaluateStage) -> dict[str, Any]:
@@ -349,7 +350,7 @@ def run_evaluate(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, sh
             from magpie_exp.evaluation.lmeval import run_lm_eval
 
             start = time.perf_counter()
-            scores["lm_eval"] = run_lm_eval(cfg, stage.cand, out / "lm_eval")
+            scores["lm_eval"] = run_lm_eval(cfg.evaluation, Path(cfg.paths.cache_dir), cfg.seed, stage.cand, out / "lm_eval")
             stage.seconds["lm_eval"] += time.perf_counter() - start
     finally:
         stage.close()

@@ -25,7 +25,8 @@ from typing import Any
 
 from magpie_exp import __version__, reasoning
 from magpie_exp.config import ConfigError, GridCell, MagpieConfig
-from magpie_exp.engines import Completion, Engine, Request, SamplingSpec, build_engine
+from magpie_exp.engines import Completion, Engine, Request, SamplingSpec
+from magpie_exp.engines.pool import EnginePool
 from magpie_exp.generators import Side, load_side
 from magpie_exp.lookahead import LookAhead, waves
 from magpie_exp.records import EXPORT_FILES, Record, export_records, record_id
@@ -85,11 +86,11 @@ def _turn_entry(completion: Completion, rule: str | None) -> dict[str, Any]:
 class GenerateStage:
     """Runs the generate stage for one config into one stage folder."""
 
-    def __init__(self, cfg: MagpieConfig, engines: dict[str, Engine] | None = None, progress: Any = None) -> None:
+    def __init__(self, cfg: MagpieConfig, engines: EnginePool | dict[str, Engine] | None = None, progress: Any = None) -> None:
         self.cfg = cfg
         self.g = cfg.generate
         self.cache_dir = Path(cfg.paths.cache_dir)
-        self.injected = engines if engines is not None else {}  # a dict, or the pipeline's lazy EnginePool
+        self.pool, self.owns_pool = EnginePool.of(cfg, engines)
         self.progress = progress
         self.tokens_this_run = 0
         self.engine_seconds = 0.0
@@ -123,7 +124,7 @@ class GenerateStage:
 
     def _engine(self, side: Side) -> Engine:
         if side.engine is None:
-            side.engine = self.injected.get(side.key) or build_engine(self.cfg.engine, side.cfg, side.model_path, self.cfg.seed, self.cfg.executor)
+            side.engine = self.pool.engine(side.cfg, key=f"{side.key}.model")
         return side.engine
 
     def start_engines(self) -> None:
@@ -132,9 +133,9 @@ class GenerateStage:
 
     def close(self) -> None:
         for side in {id(s): s for s in (getattr(self, "ins", None), getattr(self, "res", None)) if s}.values():
-            if side.engine is not None and side.key not in self.injected:
-                side.engine.close()
             side.engine = None
+        if self.owns_pool:
+            self.pool.close()
 
     def _call(self, side: Side, requests: list[Request]) -> list[list[Completion]]:
         """The answers to ``requests``: drawn ahead by ``prefetch`` where it could, from the engine otherwise."""
@@ -433,14 +434,15 @@ def aggregate_stats(store: ShardStore, requested: int) -> dict[str, Any]:
 
 def run_generate(
     cfg: MagpieConfig,
-    engines: dict[str, Engine] | None = None,
+    engines: EnginePool | dict[str, Engine] | None = None,
     stage_dir: Path | None = None,
     show_progress: bool = True,
 ) -> GenerateResult:
     """Run (or resume, or reuse) the generate stage for ``cfg``; returns its folder, stats and exports.
 
-    ``engines`` maps ``generator`` / ``response_generator`` to already-built engines (tests and benchmarks
-    share one vLLM engine this way); missing ones are built from ``cfg.engine`` when there is work to do.
+    ``engines`` is the pipeline's engine pool, or lends engines by ``generator`` / ``response_generator`` / model
+    spec (tests and benchmarks share one vLLM engine this way); the others are started from ``cfg.engine`` by
+    the stage's own pool when there is work to do.
     """
     from tqdm.auto import tqdm
 

@@ -27,11 +27,12 @@ from collections.abc import Sequence
 from magpie_exp import __version__
 from magpie_exp.config import ConfigError, MagpieConfig
 from magpie_exp.engines import Engine, Request, SamplingSpec
+from magpie_exp.engines.pool import EnginePool
 from magpie_exp.files import stable_seed
 from magpie_exp.generators import load_side
 from magpie_exp.records import Record, first_exchange, write_jsonl
 from magpie_exp.shards import ShardStore, wait_for_writer
-from magpie_exp.stages.common import StageResult, check_writable, open_input
+from magpie_exp.stages.common import StageResult, check_writable, open_input, tag_context
 from magpie_exp.stages.keys import config_hash, pair_payload, stage_folder
 from magpie_exp.chat import Models
 from magpie_exp.taggers import Scorer, shared_scorer
@@ -71,12 +72,12 @@ def choose_pair(scores: Sequence[float | None], lengths: Sequence[int], min_marg
 
 
 class PairStage:
-    def __init__(self, cfg: MagpieConfig, engines: dict[str, Engine] | None) -> None:
-        self.cfg, self.p = cfg, cfg.pair
+    def __init__(self, cfg: MagpieConfig, pool: EnginePool, owned: bool = False) -> None:
+        self.cfg, self.p, self.owned = cfg, cfg.pair, owned  # owned: the pool is this stage's to close
         gen = cfg.response_generator or cfg.generator
         key = "response_generator" if cfg.response_generator is not None else "generator"
         self.side = load_side(key, gen, Path(cfg.paths.cache_dir))
-        self.models = Models(cfg, engines)
+        self.models = Models(pool)
         self.chat = self.models.get(key, gen)
         self.scorer: Scorer | None = None
         self.seconds = {"generate": 0.0, "score": 0.0}
@@ -95,14 +96,10 @@ class PairStage:
         texts_in = [response_prompt(self.side.render, p) for p in prompts]
         requests = [Request(self.side.encode(t), self.spec(s)) for t, s in zip(texts_in, seeds, strict=True)]
         start = time.perf_counter()
-        if self.chat.engine is None:
-            from magpie_exp.engines import build_engine
-
-            self.chat.engine = build_engine(self.cfg.engine, self.side.cfg, self.side.model_path, self.cfg.seed, self.cfg.executor)
-        outputs = self.chat.engine.generate(requests)
+        outputs = self.chat.started().generate(requests)  # all n answers of each request
         self.seconds["generate"] += time.perf_counter() - start
         if self.scorer is None:
-            self.scorer = shared_scorer(self.cfg, self.models)
+            self.scorer = shared_scorer(tag_context(self.cfg), self.models)
         # the answer alone is scored and paired; a response cut inside its reasoning trace has none
         answers: list[list[str]] = []
         for out, prompt in zip(outputs, texts_in, strict=True):
@@ -149,12 +146,14 @@ class PairStage:
 
     def close(self) -> None:
         self.models.close()
+        if self.owned:
+            self.models.pool.close()
 
 
-def run_pair(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, show_progress: bool = True,
+def run_pair(cfg: MagpieConfig, engines: EnginePool | dict[str, Engine] | None = None, show_progress: bool = True,
              upstream: str | None = None) -> StageResult:
-    """Run (or resume, or reuse) the pair stage; ``engines`` maps model specs to already-built engines, ``upstream``
-    is the curated folder or file to pair (else ``input``, else this config's curate folder)."""
+    """Run (or resume, or reuse) the pair stage; ``engines`` is the pipeline's engine pool or lends engines by model
+    spec, ``upstream`` is the curated folder or file to pair (else ``input``, else this config's curate folder)."""
     from tqdm.auto import tqdm
 
     check_writable(Path(cfg.paths.outputs), "paths.outputs")
@@ -174,7 +173,8 @@ def run_pair(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, show_p
     store = ShardStore(stage_dir, "pair", config_hash(payload), payload) if (stage_dir / "manifest.json").exists() else None
     if store is not None and (hit := cached(store)):
         return hit
-    stage = PairStage(cfg, engines)  # bad models fail here, before anything is written
+    pool, owned = EnginePool.of(cfg, engines)
+    stage = PairStage(cfg, pool, owned)  # bad models fail here, before anything is written
     store = store or ShardStore(stage_dir, "pair", config_hash(payload), payload)
     if hit := cached(store):  # finished meanwhile by another job
         stage.close()

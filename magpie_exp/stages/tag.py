@@ -31,11 +31,12 @@ from magpie_exp import __version__
 from magpie_exp.config import MagpieConfig, need, validate_engine
 from magpie_exp.decontam import BENCHMARKS, Counts
 from magpie_exp.engines import Engine
+from magpie_exp.engines.pool import EnginePool
 from magpie_exp.labels import DIFFICULTY, JUDGE_MODES, QUALITY
 from magpie_exp.records import EXPORT_FILES, Record, export_records
 from magpie_exp.files import atomic_write_bytes
 from magpie_exp.shards import ShardStore, wait_for_writer
-from magpie_exp.stages.common import StageInput, StageResult, check_writable, open_input
+from magpie_exp.stages.common import StageInput, StageResult, check_writable, open_input, tag_context
 from magpie_exp.stages.keys import config_hash, folder, tag_payload
 from magpie_exp.chat import Models
 from magpie_exp.taggers import ORDER, TAGGER_CLASSES, DecontamTagger, Tagger
@@ -54,15 +55,16 @@ def _rank_value(tags: dict[str, Any], key: str) -> Any:
 
 
 class TagStage:
-    def __init__(self, cfg: MagpieConfig, source: StageInput, stage_dir: Path, engines: dict[str, Engine] | None,
+    def __init__(self, cfg: MagpieConfig, source: StageInput, stage_dir: Path, pool: EnginePool,
                  show_progress: bool) -> None:
         self.cfg, self.source, self.stage_dir = cfg, source, stage_dir
         self.payload = tag_payload(cfg, source.key)
         self.hash = config_hash(self.payload)
-        self.models = Models(cfg, engines)
+        self.models = Models(pool)
         self.show_progress = show_progress
         names = [n for n in ORDER if n in cfg.tag.taggers]
-        self.taggers: list[Tagger] = [TAGGER_CLASSES[n](cfg, self.models) for n in names]
+        context = tag_context(cfg)
+        self.taggers: list[Tagger] = [TAGGER_CLASSES[n](context, self.models) for n in names]
 
     def part(self, name: str) -> ShardStore:
         return ShardStore(self.stage_dir / "parts" / name, f"tag.{name}", self.hash)
@@ -237,10 +239,10 @@ def aggregate(final: ShardStore, timings: dict[str, Any], taggers: list[str]) ->
             "timings": timings, **({"decontam": contamination.as_dict()} if contamination is not None else {})}
 
 
-def run_tag(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, stage_dir: Path | None = None,
+def run_tag(cfg: MagpieConfig, engines: EnginePool | dict[str, Engine] | None = None, stage_dir: Path | None = None,
             show_progress: bool = True, export: list[str] | None = None, upstream: str | None = None) -> StageResult:
-    """Run (or resume, or reuse) the tag stage; ``engines`` maps model specs to already-built engines, ``upstream``
-    is the folder or file to tag (else ``input``, else this config's generate folder)."""
+    """Run (or resume, or reuse) the tag stage; ``engines`` is the pipeline's engine pool or lends engines by model
+    spec, ``upstream`` is the folder or file to tag (else ``input``, else this config's generate folder)."""
     check_writable(Path(cfg.paths.outputs), "paths.outputs")
     source = open_input(cfg, "tag", upstream)
     stage_dir = Path(stage_dir) if stage_dir is not None else folder(cfg, "tag", source.key)
@@ -259,7 +261,8 @@ def run_tag(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, stage_d
     wait_for_writer(stage_dir)  # a sweep member making this same folder finishes first
     if (stage_dir / "manifest.json").exists() and (hit := cached(ShardStore(stage_dir, "tag", config_hash(payload), payload))):
         return hit
-    stage = TagStage(cfg, source, stage_dir, engines, show_progress)
+    pool, owned = EnginePool.of(cfg, engines)
+    stage = TagStage(cfg, source, stage_dir, pool, show_progress)
     try:
         stage.prepare()  # bad models fail here, before any shard is written
         final = ShardStore(stage_dir, "tag", config_hash(payload), payload)
@@ -270,6 +273,8 @@ def run_tag(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, stage_d
         timings = stage.run_taggers()
     finally:
         stage.models.close()
+        if owned:
+            pool.close()
     dedup = stage.dedup() if "embedding" in cfg.tag.taggers else {}
     stage.merge(final, dedup)
     previous = json.loads((stage_dir / "stats.json").read_text()).get("timings", {}) if (stage_dir / "stats.json").exists() else {}
