@@ -81,8 +81,8 @@ class EnginePool:
     def __init__(self, cfg: MagpieConfig, given: Mapping[str, Engine] | None = None, pipeline: bool = False,
                  keep: bool = False) -> None:
         self.cfg = cfg
-        # lent engines by model spec ("generator" / "response_generator" name the configured ones)
-        self.given = {self._spec(k): e for k, e in (given or {}).items()}
+        # lent engines by model spec, or by role ("generator" / "response_generator": two engines of one model)
+        self.given = dict(given or {})
         self.built: dict[str, Engine] = {}  # identity -> engine this pool started or took from the kept ones
         ev = cfg.evaluation
         models = [cfg.generator, cfg.response_generator, cfg.tag.judge, cfg.tag.guard,
@@ -110,25 +110,25 @@ class EnginePool:
             return engines, False
         return cls(cfg, engines), True
 
-    def _spec(self, key: str) -> str:
-        return {"generator": self.cfg.generator.model,
-                "response_generator": (self.cfg.response_generator or self.cfg.generator).model}.get(key, key)
-
     def identity(self, gen: GeneratorConfig, engine_cfg: EngineConfig | None = None) -> str:
         return engine_identity(self.cfg, gen, engine_cfg)
 
-    def _lent(self, gen: GeneratorConfig, engine_cfg: EngineConfig | None) -> Engine | None:
-        """A caller's engine for ``gen`` on the engine group (one given, or lent to every run)."""
+    def _lent(self, gen: GeneratorConfig, engine_cfg: EngineConfig | None, role: str | None) -> Engine | None:
+        """A caller's engine for ``gen`` on the engine group (given for its role or its model, or lent to every run)."""
         if engine_cfg is not None and engine_cfg != self.cfg.engine:
             return None
+        if role is not None and role in self.given:
+            return self.given[role]
         if gen.model in self.given:
             return self.given[gen.model]
         key = self.identity(gen)
         return _KEPT.get(key) if key in _LENT else None
 
-    def engine(self, gen: GeneratorConfig, engine_cfg: EngineConfig | None = None, key: str = "generator.model") -> Engine:
-        """The engine for ``gen`` on ``engine_cfg`` (default: the engine group), started on first use."""
-        lent = self._lent(gen, engine_cfg)
+    def engine(self, gen: GeneratorConfig, engine_cfg: EngineConfig | None = None, key: str = "generator.model",
+               role: str | None = None) -> Engine:
+        """The engine for ``gen`` on ``engine_cfg`` (default: the engine group), started on first use; ``role``
+        (generate's "generator" / "response_generator") finds an engine a caller lent for that role."""
+        lent = self._lent(gen, engine_cfg, role)
         if lent is not None:
             return lent
         ident = self.identity(gen, engine_cfg)
