@@ -77,7 +77,7 @@ class ChatModel:
     def started(self) -> Engine:
         """This model's engine, from the pool (started there on first use)."""
         if self.engine is None:
-            self.engine = self.pool.engine(self.gen, self.own_engine, key=f"{self.key}.model")
+            self.engine = self.pool.engine(self.gen, self.own_engine, key=f"{self.key}.model", path=self.model_path)
         return self.engine
 
     def generate(self, requests: list[Request]) -> list[Any]:

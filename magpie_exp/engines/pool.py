@@ -125,9 +125,10 @@ class EnginePool:
         return _KEPT.get(key) if key in _LENT else None
 
     def engine(self, gen: GeneratorConfig, engine_cfg: EngineConfig | None = None, key: str = "generator.model",
-               role: str | None = None) -> Engine:
+               role: str | None = None, path: str | None = None) -> Engine:
         """The engine for ``gen`` on ``engine_cfg`` (default: the engine group), started on first use; ``role``
-        (generate's "generator" / "response_generator") finds an engine a caller lent for that role."""
+        (generate's "generator" / "response_generator") finds an engine a caller lent for that role; ``path`` is
+        the model folder where the caller has resolved it already (else resolved here)."""
         lent = self._lent(gen, engine_cfg, role)
         if lent is not None:
             return lent
@@ -146,7 +147,8 @@ class EnginePool:
                         _KEPT.pop(old).close()
                 eng = engine_cfg or self.cfg.engine
                 hosted = eng.type == "openai" and eng.api == "chat"  # the server's model name; no weights here
-                path = gen.model if hosted else resolve_model(gen.model, Path(self.cfg.paths.cache_dir), key=key)
+                if path is None:
+                    path = gen.model if hosted else resolve_model(gen.model, Path(self.cfg.paths.cache_dir), key=key)
                 log.info("starting the %s engine for %s (executor %s)", eng.type, gen.name, self.cfg.executor.type)
                 self.built[ident] = build_engine(eng, gen, path, self.cfg.seed, self.cfg.executor)
                 if ident in self.keep:

@@ -124,7 +124,7 @@ class GenerateStage:
 
     def _engine(self, side: Side) -> Engine:
         if side.engine is None:
-            side.engine = self.pool.engine(side.cfg, key=f"{side.key}.model", role=side.key)
+            side.engine = self.pool.engine(side.cfg, key=f"{side.key}.model", role=side.key, path=side.model_path)
         return side.engine
 
     def start_engines(self) -> None:
