@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from magpie_exp.config import ConfigError, MagpieConfig, register_configs
+from magpie_exp.console import is_quiet, session
 from magpie_exp.runner import run_stage_result, setup_environment
 from magpie_exp.stages.common import check_writable, is_disk_full
 
@@ -73,7 +75,7 @@ def _job_identity() -> tuple[str, str, list[str]]:
 
 def run_pipeline(cfg: MagpieConfig, run_dir: Path, engines: dict[str, Any] | None = None) -> dict[str, Any]:
     """The pipeline with its tracker and report; the tracker is closed whatever happens."""
-    from magpie_exp.pipeline import Pipeline
+    from magpie_exp.pipeline import Pipeline, summary
     from magpie_exp.tracking import build_tracker
 
     setup_environment(Path(cfg.paths.cache_dir))
@@ -83,7 +85,7 @@ def run_pipeline(cfg: MagpieConfig, run_dir: Path, engines: dict[str, Any] | Non
     name, job_type, tags = _job_identity()
     tracker = build_tracker(cfg, name, job_type, tags)
     pipeline = Pipeline(cfg, tracker, run_dir, engines)
-    exit_code = 1
+    exit_code, start, report = 1, time.perf_counter(), None
     try:
         outcome = pipeline.run()
         if cfg.pipeline.report:
@@ -92,6 +94,7 @@ def run_pipeline(cfg: MagpieConfig, run_dir: Path, engines: dict[str, Any] | Non
             report = write_run_report(run_dir, cfg, pipeline.records, pipeline.scores, tracker)
             tracker.log_file("report", str(report))
         exit_code = 0
+        log.info("%s", summary(pipeline.records, time.perf_counter() - start, report))
         return outcome
     finally:
         if cfg.pipeline.report and exit_code:
@@ -122,6 +125,13 @@ def main(raw: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     _private_files(run_dir)
+    log_file = run_dir / f"{HydraConfig.get().job.name}.log"
+    verbose = bool(raw.get("verbose", False)) if isinstance(raw, DictConfig) else False
+    with session(log_file, verbose, keep_stdout=raw.get("stage") in ("inspect", "publish")):
+        return _job(raw, run_dir, multirun, log_file)
+
+
+def _job(raw: DictConfig, run_dir: Path, multirun: bool, log_file: Path) -> float | None:
     try:
         from magpie_exp.checks import checked
 
@@ -131,6 +141,11 @@ def main(raw: DictConfig) -> float | None:
 
             report = run_inspect(cfg)
             sys.stdout.write((json.dumps(report, ensure_ascii=False, indent=1) if cfg.inspect.json else render_text(report)) + "\n")
+            return None
+        if cfg.stage == "publish":  # a stage's export to the Hub (or, dry, the list of files): no stage folder
+            from magpie_exp.publish import render, run_publish
+
+            sys.stdout.write(render(run_publish(cfg)) + "\n")
             return None
         if cfg.stage == "pipeline":
             from magpie_exp.pipeline import objective
@@ -156,12 +171,20 @@ def main(raw: DictConfig) -> float | None:
                 return _member_failed(run_dir, message, 3, raw)
             sys.exit(3)
         if not multirun:
-            raise
+            if not is_quiet():
+                raise
+            import traceback
+
+            traceback.print_exc()  # stderr is the log file in a quiet session: the traceback goes there
+            log.error("%s: %s (the traceback is in %s)", type(exc).__name__,
+                      str(exc).splitlines()[0][:300] if str(exc) else "", log_file)
+            sys.exit(1)
         log.exception("sweep member failed")  # the traceback goes to this member's log
         return _member_failed(run_dir, f"{type(exc).__name__}: {str(exc)[:300]}", 1, raw)
     (run_dir / "stages.json").write_text(json.dumps(folders, indent=1))
-    for stage, folder in folders.items():
-        log.info("%s output: %s", stage, folder)
+    if cfg.stage != "pipeline":  # the pipeline's summary has said it all
+        for stage, folder in folders.items():
+            log.info("%s output: %s", stage, folder)
     return value  # Hydra sweepers (Optuna) minimise or maximise this
 
 

@@ -102,8 +102,8 @@ def convert_gguf(gguf: Path, out_dir: Path, dtype: str = "bfloat16") -> Path:
     return out_dir
 
 
-def embedded_model_dir(name: str, cache_dir: Path, dtype: str = "bfloat16") -> Path:
-    """The converted folder of an embedded model, converting it on first use (atomically)."""
+def converted_dir(name: str, cache_dir: Path, dtype: str = "bfloat16") -> Path:
+    """Where the converted folder of an embedded model is (made or not): named by the GGUF file's digest."""
     if name not in EMBEDDED:
         raise ConfigError(
             f"generator.model: unknown embedded model '{PREFIX}{name}'; choose from "
@@ -112,11 +112,31 @@ def embedded_model_dir(name: str, cache_dir: Path, dtype: str = "bfloat16") -> P
     gguf = EMBEDDED[name].locate(Path(cache_dir))
     if not gguf.exists():
         raise ConfigError(f"generator.model: {gguf} is missing; reinstall {EMBEDDED[name].package}")
-    out_dir = Path(cache_dir) / "models" / f"{name}-{dtype}-{file_digest(gguf, 12, limit_bytes=1 << 24, with_size=True)}"
+    return Path(cache_dir) / "models" / f"{name}-{dtype}-{file_digest(gguf, 12, limit_bytes=1 << 24, with_size=True)}"
+
+
+def embedded_model_dir(name: str, cache_dir: Path, dtype: str = "bfloat16") -> Path:
+    """The converted folder of an embedded model, converting it on first use (atomically)."""
+    out_dir = converted_dir(name, cache_dir, dtype)
+    gguf = EMBEDDED[name].locate(Path(cache_dir))
     if (out_dir / "config.json").exists():
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return convert_gguf(gguf, out_dir, dtype)
+    import fcntl
+
+    # one converter at a time (parallel sweep members, a test session's background conversion): the others wait
+    # for it and then find the folder made
+    with open(out_dir.with_name(f".{out_dir.name}.lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process converting %s", name)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError:  # a filesystem without flock: convert unguarded
+            pass
+        if (out_dir / "config.json").exists():
+            return out_dir
+        return convert_gguf(gguf, out_dir, dtype)
 
 
 def resolve_model(spec: str, cache_dir: Path, key: str = "generator.model", tokenizer_only: bool = False) -> str:

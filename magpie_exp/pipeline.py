@@ -30,7 +30,7 @@ from magpie_exp.engines.pool import EnginePool
 from magpie_exp.runner import run_step
 from magpie_exp.stages import STEPS
 from magpie_exp.stages.common import StageResult
-from magpie_exp.tracking import Tracker
+from magpie_exp.tracking import Tracker, artifact_name
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,10 @@ class Pipeline:
         self.records.append(record)
         log.info("pipeline: %s %s in %.1f s: %s", name, "cache hit" if result.cache_hit else "ran", seconds, result.stage_dir)
         self.tracker.log_stage(name.replace(":", "/"), result.stats, seconds, result.cache_hit, str(result.stage_dir))
+        stages = Path(self.cfg.paths.outputs).resolve() / "stages"
+        inputs = [artifact_name(p) for p in (args.get("upstream"), args.get("init"), args.get("model"))
+                  if isinstance(p, str) and Path(p).resolve().is_relative_to(stages)]  # stage folders, not files
+        self.tracker.log_stage_artifact(name, str(result.stage_dir), inputs, result.cache_hit)
         self._write()
         return result
 
@@ -166,6 +170,57 @@ class Pipeline:
                         for _, line in zip(range(self.cfg.tracker.sample_rows), handle, strict=False):
                             rows.append({"benchmark": bench, **json.loads(line)})
             self.tracker.log_table(f"eval/{label}/items", rows)
+
+
+def _outcome(step: str, stats: dict[str, Any]) -> str:
+    """One step's result in a few words, from its stats."""
+    def reasons(dropped: dict[str, int]) -> str:
+        top = sorted(dropped.items(), key=lambda kv: -kv[1])
+        return ", ".join(f"{k} {v}" for k, v in top[:4]) + (", ..." if len(top) > 4 else "")
+
+    if step in ("generate", "tag"):
+        dropped = stats.get("dropped") or {}
+        failures = stats.get("failures") or {}
+        text = f"{stats.get('records', 0)} records"
+        if dropped:
+            text += f"; dropped {sum(dropped.values())} ({reasons(dropped)})"
+        if failures:
+            text += f"; tagger failures {sum(failures.values())} ({reasons(failures)})"
+        return text
+    if step == "curate":
+        dropped = stats.get("dropped") or {}
+        return (f"kept {stats.get('kept', 0)} of {stats.get('input_records', 0)}"
+                + (f"; dropped {reasons(dropped)}" if dropped else ""))
+    if step == "pair":
+        dropped = stats.get("dropped") or {}
+        return (f"{stats.get('pairs', 0)} pairs from {stats.get('input_records', 0)} records"
+                + (f"; dropped {reasons(dropped)}" if dropped else ""))
+    if step in ("sft", "dpo"):
+        loss = stats.get("final_loss")
+        return f"{stats.get('steps', 0)} steps on {stats.get('rows', 0)} rows" + (f", final loss {loss:.3g}" if loss is not None else "")
+    if step.startswith("evaluate"):
+        from magpie_exp.evaluation.tables import HEADLINE
+
+        parts = []
+        for bench, scores in (stats.get("benchmarks") or {}).items():
+            key, title = (HEADLINE.get(bench) or [(None, bench)])[0]
+            value = scores.get(key) if key and isinstance(scores, dict) else None
+            parts.append(f"{title} {value:.3g}" if isinstance(value, (int, float)) else bench)
+        return ", ".join(parts)
+    return ""
+
+
+def summary(records: list[StepRecord], seconds: float, report: Path | None) -> str:
+    """The closing lines of a pipeline run: each step's time and result (made, kept, dropped by reason, scores),
+    the total time and where the report is."""
+    from magpie_exp.console import duration
+
+    width = max([len(r.step) for r in records] + [4])
+    lines = [f"done in {duration(seconds)}" + (f"; report: {report}" if report else "")]
+    for r in records:
+        when = "cached" if r.cache_hit else duration(r.seconds)
+        lines.append(f"  {r.step:<{width}}  {when:>7}  {_outcome(r.step, r.stats)}")
+    return "\n".join(lines)
 
 
 def objective(scores: dict[str, Any], path: str | None) -> float | None:

@@ -26,7 +26,8 @@ Record = dict[str, Any]
 # Fixed namespace so ids are stable across machines and versions.
 ID_NAMESPACE = uuid.UUID("6f1d2a4e-6b0c-5d1e-9a57-4d6167706965")
 # Export format -> file or folder name inside a stage's export/ folder.
-EXPORT_FILES = {"records": "records.jsonl", "messages": "messages.jsonl", "sharegpt": "sharegpt.jsonl", "hf": "hf", "parquet": "data.parquet"}
+EXPORT_FILES = {"records": "records.jsonl", "messages": "messages.jsonl", "sharegpt": "sharegpt.jsonl", "hf": "hf",
+                "parquet": "data/train-00000-of-00001.parquet"}  # the Hub's layout (the dataset card points at data/)
 EXPORT_FORMATS = tuple(EXPORT_FILES)
 _SHAREGPT_ROLE = {"system": "system", "user": "human", "assistant": "gpt"}
 
@@ -129,8 +130,9 @@ def export_records(
             _replace_dir(tmp, target)
             written["hf"] = str(target)
         if "parquet" in formats:
-            target = out_dir / "data.parquet"
-            tmp = out_dir / ".data.parquet.tmp"
+            target = out_dir / EXPORT_FILES["parquet"]
+            target.parent.mkdir(exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
             dataset.to_parquet(str(tmp))
             tmp.replace(target)
             written["parquet"] = str(target)

@@ -3,7 +3,8 @@
 A run report has the stages (folder, cache hit, time), dataset statistics and the tag and curate plots, sample
 records with their tags, kept and dropped counts per filter reason, training curves and the evaluation table.
 Images are embedded (base64), so the page is one file that reads offline. The sweep page, written by the Hydra
-callback ``SweepReport`` at the end of a multirun, puts every job's scores side by side with a link to its report.
+callback ``SweepReport`` at the end of a multirun, puts every job's scores side by side with a link to its report,
+and plots each score and data-side number against the swept settings (``ablation.py``).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;ma
 h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
 table{border-collapse:collapse;margin:.6rem 0;font-size:.88rem}td,th{border:1px solid #ddd;padding:.25rem .55rem;text-align:left;vertical-align:top}
 th{background:#f4f4f6}td.num{text-align:right;font-variant-numeric:tabular-nums}.hit{color:#2a7a2a}.ran{color:#555}.failed{color:#b00020}
-.plots{display:flex;flex-wrap:wrap;gap:.8rem}.plots figure{margin:0;width:340px}.plots img{width:100%;border:1px solid #eee}
+.plots{display:flex;flex-wrap:wrap;gap:.8rem}.plots figure{margin:0;width:520px;max-width:100%}.plots img{width:100%;border:1px solid #eee}
 figcaption{font-size:.8rem;color:#555}pre{background:#f7f7f9;padding:.6rem;overflow:auto;font-size:.8rem;max-height:24rem}
-.muted{color:#666;font-size:.85rem}details{margin:.3rem 0}
+.muted{color:#666;font-size:.85rem}details{margin:.3rem 0}.wide figure{margin:0}.wide img{width:100%;border:1px solid #eee}
 """
 
 
@@ -148,6 +149,8 @@ def write_run_report(run_dir: Path, cfg: Any, records: list[Any], scores: dict[s
     """Write ``report.html`` for one pipeline run; returns its path."""
     from magpie_exp.config import as_plain
     from magpie_exp.evaluation.tables import results_table
+    from magpie_exp.explorer import CSS as EXPLORER_CSS
+    from magpie_exp.explorer import explorer_html, explorer_rows
     from magpie_exp.tracking import scrub
 
     steps = {r.step: r for r in records}
@@ -174,7 +177,13 @@ def write_run_report(run_dir: Path, cfg: Any, records: list[Any], scores: dict[s
     if cur:
         summary.append({"stage": "curate", "records": cur.get("kept"), "kept fraction": cur.get("kept_fraction"),
                         "recipe": cur.get("recipe")})
+    for row, stats in zip(summary, [s for s in (gen, tag, cur) if s], strict=True):
+        div = stats.get("diversity") or {}
+        row.update({"distinct-2": div.get("distinct_2"), "category entropy (bits)": div.get("category_entropy_bits"),
+                    "cosine distance": div.get("mean_cosine_distance"), "Vendi": div.get("vendi_score")})
     parts.append(_table(summary))
+    parts.append('<p class="muted">diversity on a sample of at most 2000 records chosen by id hash '
+                 '(magpie_exp/diversity.py); embedding figures where the embedding tagger ran</p>')
     parts.append(_decontam(tag, cur))
     figures = []
     for name, stats in (("tag", tag), ("curate", cur)):
@@ -187,6 +196,7 @@ def write_run_report(run_dir: Path, cfg: Any, records: list[Any], scores: dict[s
     parts.append('<section id="samples"><h2>Sample records with their tags</h2>')
     parts.append(_table(_samples(folder.get("curate") or folder.get("tag") or folder.get("generate"), 8)))
     parts.append("</section>")
+    parts.append(explorer_html(*explorer_rows(folder.get("curate"), folder.get("tag"), folder.get("generate"))))
 
     parts.append('<section id="filters"><h2>Kept and dropped, by filter reason</h2>')
     if cur:
@@ -219,7 +229,7 @@ def write_run_report(run_dir: Path, cfg: Any, records: list[Any], scores: dict[s
     if tracker is not None and getattr(tracker, "run_dir", None):
         parts.append(f'<p class="muted">W&amp;B run: {_esc(tracker.run_dir)}</p>')
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>magpie-exp {_esc(cfg.experiment_name)}</title>" \
-           f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
+           f"<style>{CSS}{EXPLORER_CSS}</style></head><body>{''.join(parts)}</body></html>"
     out = run_dir / "report.html"
     out.write_text(page, encoding="utf-8")
     log.info("report: %s", out)
@@ -248,19 +258,33 @@ def write_sweep_report(sweep_dir: Path) -> Path | None:
     for job, overrides, data, failed in jobs:
         hits = [s["step"] for s in data["steps"] if s["cache_hit"]] if data else None
         report = job / "report.html"
+        steps = {s["step"]: s["folder"] for s in data["steps"]} if data else {}
+        curated = _stats(steps.get("curate"))
+        div = curated.get("diversity") or {}
         rows.append({"job": job.name, "overrides": " ".join(overrides),
                      "status": f"failed: {failed['error']}" if failed else "finished",
                      "cache hits": "-" if hits is None else ", ".join(hits) or "none",  # "-": a one-stage job
+                     "kept": curated.get("kept", ""), "distinct-2": div.get("distinct_2", ""), "Vendi": div.get("vendi_score", ""),
                      "report": report.relative_to(sweep_dir).as_posix() if report.exists() else ""})
         for label, scores in (data or {}).get("scores", {}).items():
             results.append({"model": f"{job.name}: {' '.join(overrides)} [{label}]", "benchmarks": scores})
+    from magpie_exp.ablation import ablation_plot, job_point, swept_keys
+
+    points = [job_point(overrides, data) for _, overrides, data, _ in jobs if data]
+    plot = ablation_plot(points, sweep_dir / "ablation.png") if len(points) > 1 else None
+    swept = swept_keys(points)
+    ablation = (f"<section id='ablation'><h2>Ablation</h2><p class='muted'>each score against {_esc(swept[0])}"
+                + (f", one line per {_esc(', '.join(swept[1:]))}" if swept[1:] else "")
+                + "; bars: 95% intervals (Arena-Hard's bootstrap; a seeded bootstrap over the items for IFEval and "
+                "MT-Bench); data: the curated set (kept, distinct-2, Vendi) and the tag stage's contamination</p>"
+                f"<div class='wide'>{_img(plot, 'ablation')}</div></section>") if plot else ""
     table = _table(rows)
     for row in rows:  # make the report column a link
         if row["report"]:
             table = table.replace(f"<td>{_esc(row['report'])}</td>", f'<td><a href="{_esc(row["report"])}">report</a></td>', 1)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>magpie-exp sweep {_esc(sweep_dir.name)}</title>"
             f"<style>{CSS}</style></head><body><h1>magpie-exp sweep</h1><p class='muted'>{_esc(sweep_dir)}</p>"
-            f"<section id='jobs'><h2>Jobs</h2>{table}</section>"
+            f"<section id='jobs'><h2>Jobs</h2>{table}</section>{ablation}"
             f"<section id='evaluation'><h2>Evaluation</h2>{_markdown_table(results_table(results)) if results else ''}</section>"
             "</body></html>")
     out = sweep_dir / "index.html"

@@ -66,6 +66,9 @@ class Tracker:
     def log_file(self, name: str, path: str) -> None:
         """A file kept with the run (the HTML report)."""
 
+    def log_stage_artifact(self, step: str, folder: str, inputs: list[str], cache_hit: bool) -> None:
+        """A step's folder as an artifact by reference (nothing uploaded), with the folders it was made from."""
+
     def summary(self, values: dict[str, Any]) -> None:
         """Headline numbers of the run."""
 
@@ -92,6 +95,7 @@ class WandbTracker(Tracker):
                               settings=wandb.Settings(console="off", silent=True))
         self.run_dir = Path(self.run.dir).parent
         self.mode = mode
+        self.logged: set[str] = set()
         log.info("W&B %s run %s (group %s) in %s", mode, self.run.id, group, self.run_dir)
 
     def log_stage(self, name: str, stats: dict[str, Any], seconds: float, cache_hit: bool, folder: str) -> None:
@@ -122,6 +126,29 @@ class WandbTracker(Tracker):
         artifact.add_file(path)
         self.run.log_artifact(artifact)
 
+    def log_stage_artifact(self, step: str, folder: str, inputs: list[str], cache_hit: bool) -> None:
+        """The folder as a W&B artifact named ``<stage>-<hash>`` (dataset, model or evaluation) that references its
+        identity files (manifest, stats, scores, the model's config: checksummed, small) and names its input
+        artifacts in its metadata. Online, an input made by an earlier run (a cache hit, a sweep's shared stage) is
+        also declared with ``use_artifact``, which draws the lineage across runs in W&B's lineage view; offline
+        runs cannot use artifacts (wandb refuses), so there the lineage is the metadata."""
+        name = artifact_name(folder)
+        kind = {"train": "model", "evaluate": "evaluation"}.get(Path(folder).parent.name, "dataset")
+        artifact = self.wandb.Artifact(name, type=kind, metadata={"step": step, "folder": folder, "inputs": inputs,
+                                                                    "cache_hit": cache_hit})
+        for rel in ("manifest.json", "stats.json", "scores.json", "model/config.json"):
+            if (Path(folder) / rel).is_file():
+                artifact.add_reference((Path(folder) / rel).resolve().as_uri(), name=rel)
+        if self.mode == "online":
+            for upstream in inputs:
+                if upstream not in self.logged:
+                    try:
+                        self.run.use_artifact(f"{upstream}:latest")
+                    except Exception as exc:  # not logged by any run yet: the metadata still names it
+                        log.info("W&B: input artifact %s not found (%s)", upstream, type(exc).__name__)
+        self.run.log_artifact(artifact)
+        self.logged.add(name)
+
     def summary(self, values: dict[str, Any]) -> None:
         for key, value in values.items():
             self.run.summary[key] = value
@@ -130,6 +157,15 @@ class WandbTracker(Tracker):
         if self.run is not None:
             self.run.finish(exit_code=exit_code)
             self.run = None
+
+
+def artifact_name(folder: str | Path) -> str:
+    """``<stage>-<hash>`` of a stage folder (``.../stages/curate/689e7dbfd203`` -> ``curate-689e7dbfd203``); a
+    model folder inside a train folder is named by that folder."""
+    path = Path(folder)
+    if path.name == "model":
+        path = path.parent
+    return f"{path.parent.name}-{path.name}"
 
 
 def _cell(value: Any) -> Any:

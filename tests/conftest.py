@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,30 @@ CACHE = Path(os.environ.get("MAGPIE_EXP_CACHE", REPO / ".cache"))
 os.environ.setdefault("MAGPIE_EXP_CACHE", str(CACHE))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+_PREWARM: list[subprocess.Popen] = []
+
+
+def pytest_sessionstart(session) -> None:
+    """Convert the embedded models that are not converted yet (GGUF -> Hugging Face folder: about two minutes for
+    Gemma, on one core, once per cache) in a background process while the first, single-threaded tests run on the
+    other core; a test that needs a model meanwhile waits for it (embedded_model_dir holds a file lock)."""
+    from magpie_exp.models import EMBEDDED, converted_dir
+
+    missing = [name for name in EMBEDDED if not (converted_dir(name, CACHE) / "config.json").exists()]
+    if missing:
+        CACHE.mkdir(parents=True, exist_ok=True)
+        code = ("import sys; from pathlib import Path; from magpie_exp.models import embedded_model_dir; "
+                "[embedded_model_dir(name, Path(sys.argv[1])) for name in sys.argv[2:]]")
+        with (CACHE / "conversion.log").open("w") as log:
+            _PREWARM.append(subprocess.Popen([sys.executable, "-c", code, str(CACHE), *missing], stdout=log,
+                                             stderr=subprocess.STDOUT, start_new_session=True))
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    for proc in _PREWARM:  # a short session does not leave a conversion running (an unfinished one is redone)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 def compose(*overrides: str):
@@ -80,3 +107,62 @@ def tiny_reward_model(smollm2_dir, tmp_path_factory) -> Path:
     tok.save_pretrained(out)
     return out
 
+
+
+def chromium_dom(url: str, tmp: Path) -> str:
+    """The page's DOM after headless Chromium has loaded it and run its scripts (Debian's chromium; no network)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian chromium is needed for the report tests (.ci/run installs it)"
+    out = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                          f"--user-data-dir={tmp / 'chromium-profile'}", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=120, check=True)
+    return out.stdout
+
+
+def wandb_artifacts(run_dir: Path, expect: int = 1, wait_s: float = 60.0) -> dict[str, dict]:
+    """The artifacts an offline W&B run logged, read from its ``run-*.wandb`` file (wandb's record log: a 7-byte
+    header, 32 KiB blocks of chunks with a 7-byte header each, protobuf ``Record``s): name -> type, metadata and
+    the references of its manifest. wandb's service may still be writing the file after ``finish`` returns on a
+    busy machine: read again until ``expect`` artifacts are there or ``wait_s`` has passed."""
+    import time as _time
+
+    deadline = _time.time() + wait_s
+    while True:
+        found = _wandb_artifacts_now(run_dir)
+        if len(found) >= expect or _time.time() > deadline:
+            return found
+        _time.sleep(1)
+
+
+def _wandb_artifacts_now(run_dir: Path) -> dict[str, dict]:
+    import json as _json
+
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = run_dir.glob("run-*.wandb")
+    data, pos, block, chunks, records = path.read_bytes(), 7, 32768, b"", []
+    assert data[:4] == b":W&B", path
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        if pos + 7 + length > len(data):  # a chunk still being written
+            break
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 1:
+            records.append(chunk)
+        elif kind in (2, 3):
+            chunks = (b"" if kind == 2 else chunks) + chunk
+        elif kind == 4:
+            records.append(chunks + chunk)
+    out = {}
+    for raw in records:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "artifact":
+            art = record.artifact
+            out[art.name] = {"type": art.type, "metadata": _json.loads(art.metadata or "{}"),
+                             "refs": {e.path: e.ref for e in art.manifest.contents}}
+    return out

@@ -120,13 +120,13 @@ def test_train_killed_after_a_checkpoint_resumes_from_it(tmp_path: Path) -> None
     data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Say {w}."},
                                                      {"role": "assistant", "content": f"{w.title()}."}]}) + "\n"
                             for w in WORDS[:6]))
-    args = ["stage=train", f"input={data}", "sft.lora.enabled=true", "sft.lora.r=4", "sft.max_steps=3",
+    args = ["stage=train", f"input={data}", "sft.lora.enabled=true", "sft.lora.r=4", "sft.max_steps=2",
             "sft.save_steps=1", "sft.max_length=64", "sft.per_device_train_batch_size=2", "sft.warmup_steps=0",
             f"paths.outputs={tmp_path / 'out'}"]
-    _killed_then_finished(args, tmp_path, "train.checkpoint:2")
+    _killed_then_finished(args, tmp_path, "train.checkpoint:1")
     folder = _only("stages/train/*/stats.json", tmp_path / "out")
     stats = json.loads((folder / "stats.json").read_text())
-    assert stats["resumed_from"].endswith("checkpoint-2") and stats["steps"] == 3
+    assert stats["resumed_from"].endswith("checkpoint-1") and stats["steps"] == 2
     assert (folder / "model" / "config.json").exists() and not (folder / "checkpoints").exists()
 
 

@@ -32,7 +32,7 @@ class MustNotRun(Engine):
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory, vllm_engine):
     out = tmp_path_factory.mktemp("gen")
-    cfg = schema(*SMALL, f"paths.outputs={out}", "generate.count=24", "generate.shard_size=12",
+    cfg = schema(*SMALL, f"paths.outputs={out}", "generate.count=16", "generate.shard_size=8",
                  "generate.multi_turn.fraction=0.5", "generate.multi_turn.num_turns=3")
     return cfg, run_generate(cfg, engines={"generator": vllm_engine}, show_progress=False)
 
@@ -40,8 +40,8 @@ def generated(tmp_path_factory, vllm_engine):
 def test_writes_exactly_the_requested_records_with_unique_ids(generated) -> None:
     cfg, result = generated
     records = [json.loads(line) for line in (result.stage_dir / "export" / "messages.jsonl").read_text().splitlines()]
-    assert len(records) == 24 == result.stats["records"]
-    assert len({r["id"] for r in records}) == 24
+    assert len(records) == 16 == result.stats["records"]
+    assert len({r["id"] for r in records}) == 16
     for record in records:
         roles = [m["role"] for m in record["messages"]]
         assert roles[0] == "user" and roles == ["user", "assistant"] * (len(roles) // 2)
@@ -52,9 +52,9 @@ def test_multi_turn_share_and_stats(generated) -> None:
     _, result = generated
     stats = result.stats
     assert stats["multi_turn_records"] >= 1
-    assert sum(stats["turns"].values()) == 24
-    assert stats["turns"].get("1", 0) >= 12  # half the records stay single-turn
-    assert stats["instructions_sampled"] >= 24 + sum(stats["dropped"].values())
+    assert sum(stats["turns"].values()) == 16
+    assert stats["turns"].get("1", 0) >= 8  # half the records stay single-turn
+    assert stats["instructions_sampled"] >= 16 + sum(stats["dropped"].values())
     assert stats["tokens"]["instruction"] > 0 and stats["tokens"]["response"] > 0 and stats["tokens_per_s"] > 0
     assert json.loads((result.stage_dir / "stats.json").read_text()) == stats
 
@@ -82,7 +82,7 @@ def test_hf_dataset_and_sharegpt_exports(generated) -> None:
 
     _, result = generated
     ds = datasets.load_from_disk(result.exports["hf"])
-    assert ds.num_rows == 24 and set(ds.column_names) == {"id", "messages", "gen", "tags"}
+    assert ds.num_rows == 16 and set(ds.column_names) == {"id", "messages", "gen", "tags"}
     share = [json.loads(x) for x in (result.stage_dir / "export" / "sharegpt.jsonl").read_text().splitlines()]
     assert share[0]["conversations"][0]["from"] == "human"
 
@@ -96,7 +96,7 @@ def test_same_config_is_a_cache_hit(generated) -> None:
 def test_control_tasks_are_recorded_and_kept_out_of_exports(tmp_path, vllm_engine) -> None:
     cfg = schema(*SMALL, f"paths.outputs={tmp_path}", "control=mix", "generate.count=10", "generate.shard_size=10",
                  "generate.samples_per_request=2",  # a system prompt is drawn per request: several requests
-                 "generate.multi_turn.fraction=0")
+                 "generate.multi_turn.fraction=0", "generator.response.max_tokens=16")  # the answers are not the point
     result = run_generate(cfg, engines={"generator": vllm_engine}, show_progress=False)
     records = [json.loads(x) for x in next((result.stage_dir / "shards").glob("*.jsonl")).read_text().splitlines()]
     tasks = Counter(r["gen"]["control_task"] for r in records)
@@ -127,12 +127,17 @@ def test_first_token_ban_through_vllm_logits_processor(vllm_engine, smollm2_dir)
     assert outs[1][0].text == first  # a request without the ban in the same batch is untouched
 
 
-def test_seeded_requests_repeat(vllm_engine) -> None:
+def test_seeded_requests_repeat_and_each_finished_one_moves_the_progress_view(vllm_engine) -> None:
+    from magpie_exp.console import Progress
+
     side = load_side("generator", schema().generator, CACHE)
     request = Request(side.encode(side.templates.pre_query),
                       SamplingSpec(n=4, temperature=1.0, max_tokens=24, seed=11, stop_token_ids=side.instruction_stops.token_ids))
     a = [c.text for c in vllm_engine.generate([request])[0]]
-    b = [c.text for c in vllm_engine.generate([request])[0]]
+    with Progress("generate", total=2, enabled=False, per_record=4) as bar:  # vLLM's own bar hook, nothing drawn
+        bar.expect(2)
+        b = [c.text for c in vllm_engine.generate([request])[0]]
+        assert bar.requests == 4 and bar.value == 1
     assert a == b and len(set(a)) > 1
 
 

@@ -65,12 +65,23 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def vllm_server(smollm2_dir, tmp_path_factory):
-    log = tmp_path_factory.mktemp("server") / "serve.log"
-    proc, url = _start_server(smollm2_dir, log)
-    _wait_healthy(proc, url, log)
-    yield url
-    _stop(proc)
+def vllm_servers(smollm2_dir, tmp_path_factory):
+    """Two vLLM servers started side by side (their start-ups overlap): the second is the one the kill drill
+    SIGKILLs. Yields [(process, url), ...]."""
+    folder = tmp_path_factory.mktemp("server")
+    servers = [(*_start_server(smollm2_dir, folder / f"serve{i}.log"), folder / f"serve{i}.log") for i in range(2)]
+    try:
+        for proc, url, log in servers:
+            _wait_healthy(proc, url, log)
+        yield [(proc, url) for proc, url, _ in servers]
+    finally:
+        for proc, _, _ in servers:
+            _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def vllm_server(vllm_servers):
+    return vllm_servers[0][1]
 
 
 @pytest.mark.slow
@@ -179,15 +190,13 @@ def test_pool_routes_around_a_dead_server_and_loses_no_request(caplog) -> None:
 
 
 @pytest.mark.slow
-def test_a_server_killed_mid_run_loses_no_record(vllm_server, smollm2_dir, tmp_path, caplog) -> None:
+def test_a_server_killed_mid_run_loses_no_record(vllm_servers, tmp_path, caplog) -> None:
     """The generate stage over two real vLLM servers; one is SIGKILLed once the first shard is written."""
-    log = tmp_path / "second.log"
-    proc, second = _start_server(smollm2_dir, log)
+    (_, first), (proc, second) = vllm_servers
     try:
-        _wait_healthy(proc, second, log)
-        cfg = schema("engine=openai", f"engine.base_urls=[{vllm_server},{second}]", "engine.served_model_name=smollm2",
-                     "engine.max_concurrency=4", f"paths.outputs={tmp_path}", "generate.count=24",
-                     "generate.shard_size=6", "generate.engine_batch=6",  # one shard per call: calls go on after the kill
+        cfg = schema("engine=openai", f"engine.base_urls=[{first},{second}]", "engine.served_model_name=smollm2",
+                     "engine.max_concurrency=4", f"paths.outputs={tmp_path}", "generate.count=12",
+                     "generate.shard_size=4", "generate.engine_batch=4",  # one shard per call: calls go on after the kill
                      "generate.multi_turn.fraction=0", "generator.instruction.max_tokens=48",
                      "generator.response.max_tokens=24")
         killed = threading.Event()
@@ -211,7 +220,7 @@ def test_a_server_killed_mid_run_loses_no_record(vllm_server, smollm2_dir, tmp_p
         _stop(proc)
     assert killed.is_set()
     manifest = json.loads((result.stage_dir / "manifest.json").read_text())
-    assert manifest["complete"] and len(manifest["shards"]) == 4
+    assert manifest["complete"] and len(manifest["shards"]) == 3
     records = [json.loads(x) for f in sorted((result.stage_dir / "shards").glob("*.jsonl")) for x in f.read_text().splitlines()]
-    assert len(records) == 24 and len({r["id"] for r in records}) == 24
+    assert len(records) == 12 and len({r["id"] for r in records}) == 12
     assert any(f"server {second} failed" in r.getMessage() for r in caplog.records)

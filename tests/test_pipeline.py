@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import CACHE, REPO, schema
+from conftest import CACHE, REPO, chromium_dom, schema, wandb_artifacts
+from magpie_exp.tracking import artifact_name
 from magpie_exp.config import ConfigError
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
@@ -177,14 +178,7 @@ def _jobs(sweep_dir: Path) -> list[dict]:
 
 
 def _chromium_text(page: Path, tmp: Path) -> str:
-    """The page's DOM after headless Chromium has rendered it."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "Debian chromium is needed for the report test (.ci/run installs it)"
-    out = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                          f"--user-data-dir={tmp / 'chromium-profile'}", "--dump-dom", page.as_uri()],
-                         capture_output=True, text=True, timeout=120, check=True)
-    return out.stdout
+    return chromium_dom(page.as_uri(), tmp)
 
 
 def _no_secret_in(folder: Path) -> None:
@@ -201,6 +195,17 @@ def test_filter_ablation_sweep_reuses_generated_and_tagged_data(twin_outputs: Pa
     _hydra(["experiment=embedded-filter-ablation", "scale=tiny", f"paths.outputs={twin_outputs}", f"hydra.sweep.dir={sweep}"],
            monkeypatch)
     err = capfd.readouterr().err
+    # a quiet console: the project's lines ('HH:MM:SS ...'), progress views, each member's closing summary; the
+    # libraries' output (transformers, TRL, torch, warnings) went to each member's log file
+    segments = [seg for line in err.splitlines() for seg in line.split("\r") if seg.strip()]
+    # (our multi-line messages continue on lines of their own: the evaluation's Markdown table and its notes)
+    shown = re.compile(r"^\d\d:\d\d:\d\d |^  [\w:]+ +(cached|\d+[smh])|^\[[\d\- :,]+\]\[magpie_exp|^\||^- \w+: n=")
+    progress = re.compile(r"^[\w:]+( \w+)?: +(\d+%\||\d+ \w+ \[)")
+    strays = [seg for seg in segments if not shown.match(seg) and not progress.match(seg)]
+    assert not strays, strays[:10]
+    assert sum(" done in " in seg and "report: " in seg for seg in segments) == 2, segments[-30:]
+    logs = [(sweep / str(i) / "magpie-exp.log").read_text() for i in (0, 1)]
+    assert all("pipeline: sft ran" in text and "done in " in text for text in logs)
     first, second = _jobs(sweep)
     hits = {s["step"]: s["cache_hit"] for s in second["steps"]}
     assert hits["generate"] and hits["tag"] and not hits["curate"] and not hits["sft"]
@@ -214,6 +219,7 @@ def test_filter_ablation_sweep_reuses_generated_and_tagged_data(twin_outputs: Pa
     assert {r["scores"]["sft"]["mt_bench"]["judge"] for r in (first, second)} == {"smollm2-135m-instruct"}
     dom = _chromium_text(sweep / "index.html", tmp_path)
     assert 'id="jobs"' in dom and dom.count("report</a>") == 2 and "curate=english-safe" in dom
+    assert 'id="ablation"' in dom and "each score against curate" in dom and (sweep / "ablation.png").exists()
     assert len(list((twin_outputs / "wandb" / "wandb").glob("offline-run-*"))) >= 2
     _no_secret_in(sweep)
 
@@ -255,7 +261,7 @@ def tagged_records(outcome: dict) -> int:
 @pytest.mark.slow
 def test_pro_dpo_twin_end_to_end(twin_outputs: Path, tmp_path: Path, lent_engine, wandb_offline,
                                  tiny_reward_model) -> None:
-    """The whole loop, SmolLM2 and the trained Gemmas side by side, W&B offline, the report in Chromium.
+    """The whole loop, the two trained Gemmas side by side, W&B offline with lineage, the report in Chromium.
 
     Pairs are ranked by a reward model, as the paper's (ArmoRM): here a tiny random classifier, whose real-valued
     scores do not tie. The embedded judge's 1-10 score ties on most of 4 x 2 tiny answers, and on which ones
@@ -263,14 +269,14 @@ def test_pro_dpo_twin_end_to_end(twin_outputs: Path, tmp_path: Path, lent_engine
     from magpie_exp.cli import run_pipeline
 
     overrides = ["experiment=embedded-pro-dpo", "scale=tiny", f"paths.outputs={twin_outputs}",
-                 "pipeline.evaluate_models=[generator,sft,dpo]", "tag.reward_source=model",
+                 "tag.reward_source=model",
                  f"tag.reward_model.model={tiny_reward_model}", "tag.reward_model.name=tiny-rm"]
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     outcome = run_pipeline(schema(*overrides), run_dir)
     steps = [s["step"] for s in outcome["steps"]]
-    assert steps == ["generate", "tag", "curate", "pair", "sft", "dpo", "evaluate:generator", "evaluate:sft", "evaluate:dpo"]
-    assert set(outcome["scores"]) == {"generator", "sft", "dpo"}
+    assert steps == ["generate", "tag", "curate", "pair", "sft", "dpo", "evaluate:sft", "evaluate:dpo"]
+    assert set(outcome["scores"]) == {"sft", "dpo"}  # the generator's own evaluation: test_evaluate.py
     assert all(set(s) == {"ifeval", "mt_bench"} for s in outcome["scores"].values())
     saved = json.loads((run_dir / "pipeline.json").read_text())
     assert [s["step"] for s in saved["steps"]] == steps
@@ -284,6 +290,14 @@ def test_pro_dpo_twin_end_to_end(twin_outputs: Path, tmp_path: Path, lent_engine
     assert list(runs[-1].glob("run-*.wandb"))
     tables = [p.relative_to(runs[-1]).as_posix() for p in runs[-1].rglob("*.table.json")]
     assert any("media/table/eval/dpo/items" in t for t in tables), tables
+    # lineage: every step's folder is an artifact naming the artifacts it was made from
+    arts = wandb_artifacts(runs[-1], expect=8)
+    name = {s["step"]: artifact_name(s["folder"]) for s in outcome["steps"]}
+    inputs = {step: arts[n]["metadata"]["inputs"] for step, n in name.items()}
+    assert inputs == {"generate": [], "tag": [name["generate"]], "curate": [name["tag"]], "pair": [name["curate"]],
+                      "sft": [name["curate"]], "dpo": [name["pair"], name["sft"]],
+                      "evaluate:sft": [name["sft"]], "evaluate:dpo": [name["dpo"]]}, inputs
+    assert arts[name["dpo"]]["type"] == "model" and arts[name["evaluate:dpo"]]["type"] == "evaluation"
 
     # the report, as Chromium renders it
     dom = _chromium_text(run_dir / "report.html", tmp_path)
@@ -291,8 +305,12 @@ def test_pro_dpo_twin_end_to_end(twin_outputs: Path, tmp_path: Path, lent_engine
         assert f'id="{section}"' in dom, section
     assert "dropped:" in dom and "training loss" in dom  # 4 of 8 records are kept: the rest are dropped with a reason
     assert "IFEval prompt strict" in dom and "MT-Bench (1-10)" in dom and "data:image/png;base64" in dom
-    for model in ("generator", "sft", "dpo"):
+    for model in ("sft", "dpo"):
         assert f"<td>{model}</td>" in dom
+    # diversity of the tagged and curated sets, with the embedding figures from the tag stage's vectors
+    for step, n in ((1, tagged_records(outcome)), (2, 4)):
+        div = json.loads((Path(outcome["steps"][step]["folder"]) / "stats.json").read_text())["diversity"]
+        assert div["sample"] == n and 1.0 <= div["vendi_score"] <= n and 0 < div["mean_cosine_distance"] <= 2, div
     # decontamination runs in the loop and says what it checked against
     tagged = json.loads((Path(outcome["steps"][1]["folder"]) / "stats.json").read_text())["decontam"]
     assert tagged["checked"] == tagged_records(outcome) and {"ifeval", "mt_bench", "arena_hard"} <= set(tagged["against"])

@@ -372,6 +372,17 @@ class InspectConfig:
 
 
 @dataclass
+class PublishConfig:
+    """``stage=publish``: a stage's export (card + Parquet) to the Hugging Face Hub (magpie_exp/publish.py)."""
+
+    repo_id: str | None = None  # <org or user>/<name>
+    dry_run: bool = False  # list the files and check the card; no network
+    private: bool = True  # a new repository is private until you say otherwise
+    token_env: str = "HF_TOKEN"  # the environment variable holding the write token (never the token itself)
+    commit_message: str | None = None
+
+
+@dataclass
 class MagpieConfig:
     stage: str = "pipeline"
     seed: int = 0
@@ -394,6 +405,8 @@ class MagpieConfig:
     force: list[str] = field(default_factory=list)  # pipeline stages to re-run although their output is cached
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     inspect: InspectConfig = field(default_factory=InspectConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+    verbose: bool = False  # false: the console shows the project's progress and summary, other logs go to the log file
 
 
 def as_plain(obj: Any) -> Any:

@@ -7,7 +7,7 @@ import re
 
 from magpie_exp.config.schema import ConfigError, EngineConfig, ExecutorConfig, GeneratorConfig, MagpieConfig
 
-STAGES = ("pipeline", "generate", "tag", "curate", "pair", "train", "evaluate", "inspect")
+STAGES = ("pipeline", "generate", "tag", "curate", "pair", "train", "evaluate", "inspect", "publish")
 PIPELINE_STAGES = ("generate", "tag", "curate", "pair", "sft", "dpo", "evaluate")
 TAGGERS = ("length", "language", "quality", "difficulty", "task_category", "judge_score", "safety", "reward",
            "base_reward", "embedding", "decontam")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from magpie_exp.console import tick
 from magpie_exp.engines import Completion, Engine, EngineInfo, Request, SamplingSpec
 
 Script = Callable[[str, SamplingSpec, int], "str | tuple[str, str] | tuple[str, str, tuple[dict[int, float], ...]]"]
@@ -38,4 +39,5 @@ class FakeEngine(Engine):
                     finish = "length"  # as a real engine would have stopped it
                 completions.append(Completion(text, tokens, finish, top[0] if top else ()))
             out.append(completions)
+            tick(len(completions))
         return out

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
+from magpie_exp.console import tick
 from magpie_exp.engines import Completion, Engine, EngineInfo, Request, SamplingSpec
 from magpie_exp.engines.hardware import resolve_dtype
 
@@ -70,6 +71,7 @@ class HFEngine(Engine):
                 torch.manual_seed(self.seed if first is None else first)
                 for (i, j), completion in zip(batch, self._generate_batch([requests[i].prompt_token_ids for i, _ in batch], spec), strict=True):
                     results[i][j] = completion
+                tick(len(batch))
         return [[c for c in row if c is not None] for row in results]
 
     @torch.inference_mode()

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 
 import httpx
 
+from magpie_exp.console import tick
 from magpie_exp.engines import Completion, Engine, EngineInfo, Request
 
 if TYPE_CHECKING:
@@ -176,7 +177,12 @@ class OpenAIEngine(Engine):
         if not requests:
             return []
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
-            return list(pool.map(self._one, requests))
+            return list(pool.map(self._one_ticked, requests))
+
+    def _one_ticked(self, request: Request) -> list[Completion]:
+        out = self._one(request)
+        tick(len(out))
+        return out
 
     def close(self) -> None:
         if len(self.urls) > 1 or any(self.failures.values()):

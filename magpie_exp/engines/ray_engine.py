@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 from collections.abc import Sequence
 
+from magpie_exp.console import tick
 from magpie_exp.engines import Completion, Engine, EngineInfo, Request
 
 if TYPE_CHECKING:
@@ -295,6 +296,7 @@ class RayEngine(Engine):
                 continue
             actor.chunks += 1
             actor.samples += sum(p.request.sampling.n for p in chunks[c])
+            tick(sum(len(out) for out in outputs[c]))
         return join(requests, chunks, outputs)
 
     def close(self) -> None:

@@ -128,7 +128,9 @@ class VLLMEngine(Engine):
 
         prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_token_ids)) for r in requests]
         params = [self.sampling_params(r) for r in requests]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        from magpie_exp.console import VllmTicks, listening
+
+        outputs = self.llm.generate(prompts, params, use_tqdm=VllmTicks if listening() else False)
         return [
             [Completion(o.text, len(o.token_ids), o.finish_reason or "length", _top_logprobs(o.logprobs))
              for o in out.outputs]

@@ -21,7 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from magpie_exp import __version__
+from magpie_exp.card import write_card
 from magpie_exp.config import ConfigError, CurateConfig, MagpieConfig
+from magpie_exp.console import Progress
+from magpie_exp.diversity import diversity, stored_vectors
 from magpie_exp.records import EXPORT_FILES, Record, export_records, first_exchange, write_jsonl
 from magpie_exp.rules import (DERIVED_FIELDS, FIELD_TAGGER, check_tagged_fields, failed_rules, field_value, recipe_fields,
                               recipe_rules)
@@ -154,8 +157,6 @@ def check_inputs(cfg: MagpieConfig, source: StageInput, sample: int = 1000) -> N
 def run_curate(cfg: MagpieConfig, stage_dir: Path | None = None, show_progress: bool = True,
                upstream: str | None = None) -> StageResult:
     """Run (or reuse) the curate stage on ``upstream`` (else ``input``, else this config's tag folder)."""
-    from tqdm.auto import tqdm
-
     check_writable(Path(cfg.paths.outputs), "paths.outputs")
     source = open_input(cfg, "curate", upstream)
     check_inputs(cfg, source)
@@ -177,7 +178,8 @@ def run_curate(cfg: MagpieConfig, stage_dir: Path | None = None, show_progress: 
     seen: dict[str, tuple[str, int]] = {}
     n_input = 0
     rules = recipe_rules(curate)
-    with tqdm(desc="curate", unit="rec", disable=not show_progress, dynamic_ncols=True) as bar:
+    total = sum(info.get("records", 0) for info in source.manifest.get("shards", {}).values()) or None
+    with Progress("curate", total, enabled=show_progress) as bar:
         for shard in source.shard_names:
             for index, record in enumerate(source.read(shard)):
                 n_input += 1
@@ -201,7 +203,7 @@ def run_curate(cfg: MagpieConfig, stage_dir: Path | None = None, show_progress: 
                     sort = field_value(record, curate.select.by) if curate.select.by else None
                     sort = sort if isinstance(sort, (int, float)) and not isinstance(sort, bool) else None
                     candidates.append(Survivor(rid, sort, _group_of(record, curate) if curate.quota.by else None))
-                bar.update()
+                bar.done(1)
     del seen
     k = target_count(curate.select, n_input)
     kept, select_reasons = select(candidates, curate, k)
@@ -227,6 +229,8 @@ def run_curate(cfg: MagpieConfig, stage_dir: Path | None = None, show_progress: 
         "dropped": dict(dropped.most_common()), "rule_failures": dict(rule_failures.most_common()),
         "code_version": __version__,
     }
+    tag_dir = source.path if source.key.startswith("tag:") else None  # a tag folder: its embeddings measure us too
+    stats["diversity"] = diversity(store.records(), (lambda wanted: stored_vectors(tag_dir, wanted)) if tag_dir else None)
     if not kept:
         log.warning("curate: recipe %s kept no records of %d; see %s", curate.name, n_input, stage_dir / "rejected.jsonl")
     from magpie_exp.plots import dataset_plots
@@ -234,6 +238,7 @@ def run_curate(cfg: MagpieConfig, stage_dir: Path | None = None, show_progress: 
     stats["plots"] = dataset_plots(store.records, stage_dir / "plots") if kept else {}
     (stage_dir / "stats.json").write_text(json.dumps(stats, indent=1))
     exports = export_records(store.records, export_dir, formats, cfg.generate.include_system)
+    exports["card"] = str(write_card(stage_dir, export_dir, len(kept), stats))
     store.mark_complete(records=len(kept))
     log.info("curate %s: kept %d of %d; dropped %s", curate.name, len(kept), n_input, dict(dropped.most_common(6)))
     return StageResult(stage_dir, stats, exports, False)

@@ -36,6 +36,7 @@ from typing import Any
 
 from magpie_exp import __version__
 from magpie_exp.config import MagpieConfig, as_plain, need, validate_engine
+from magpie_exp.console import Progress
 from magpie_exp.engines import Engine, SamplingSpec
 from magpie_exp.engines.pool import EnginePool
 from magpie_exp.evaluation.data import LOADERS, MT_BENCH_TEMPERATURE, mt_bench_judge_prompts, subset
@@ -165,8 +166,6 @@ class EvaluateStage:
 
     def _run_store(self, kind: str, bench: str, payload: dict[str, Any], units: list[dict[str, Any]], make: Any,
                    show_progress: bool) -> tuple[ShardStore, dict[str, Any]]:
-        from tqdm.auto import tqdm
-
         folder = self.root / kind / bench / config_hash(payload)
         store = ShardStore(folder, f"evaluate-{kind}", config_hash(payload), payload)
         store.verify()
@@ -175,17 +174,18 @@ class EvaluateStage:
         todo = [n for n in names if n not in store.done()]
         if not todo and store.complete:
             log.info("cache hit: %s %s (%s)", bench, kind, folder)
-        with tqdm(total=len(units), unit="item", desc=f"{bench} {kind}", disable=not show_progress or not todo,
-                  dynamic_ncols=True, initial=len(units) - sum(min(size, len(units) - names.index(n) * size) for n in todo)) as bar:
+        with Progress(f"{bench} {kind}", len(units), len(units) - sum(min(size, len(units) - names.index(n) * size) for n in todo),
+                      unit="item", enabled=show_progress and bool(todo)) as bar:
             for name in todo:
                 start_index = names.index(name) * size
                 chunk = units[start_index:start_index + size]
+                bar.expect(len(chunk))
                 stats: Counter = Counter()
                 start = time.perf_counter()
                 rows = make(chunk, stats)
                 store.write_shard(name, rows, {"stats": dict(stats), "seconds": round(time.perf_counter() - start, 2)})
                 self.seconds[f"{bench}:{kind}"] += time.perf_counter() - start
-                bar.update(len(chunk))
+                bar.done(len(chunk))
         if not store.complete:
             store.mark_complete(records=store.record_count())
         totals: Counter = Counter()
@@ -362,5 +362,6 @@ def run_evaluate(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, sh
     tmp = out / "scores.json.tmp"
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(out / "scores.json")  # written last: its presence marks a finished evaluation
-    log.info("evaluate: %s\n%s", out, results_table([result]))
+    log.info("evaluate %s: %s (%s)", stage.cand.label, ", ".join(f"{b} n={s.get('n')}" for b, s in scores.items()
+                                                              if isinstance(s, dict)), out / "results.md")
     return StageResult(out, result, {"results": str(out / "results.md")}, False)

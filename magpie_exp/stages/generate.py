@@ -24,7 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from magpie_exp import __version__, reasoning
+from magpie_exp.card import write_card
 from magpie_exp.config import ConfigError, GridCell, MagpieConfig
+from magpie_exp.console import Progress
+from magpie_exp.diversity import diversity
 from magpie_exp.engines import Completion, Engine, Request, SamplingSpec
 from magpie_exp.engines.pool import EnginePool
 from magpie_exp.generators import Side, load_side
@@ -148,8 +151,7 @@ class GenerateStage:
         self.engine_seconds += time.perf_counter() - start
         self.tokens_this_run += sum(c.token_count for out in outputs for c in out)
         if self.progress is not None:
-            rate = self.tokens_this_run / max(self.engine_seconds, 1e-9)
-            self.progress.set_postfix(tok_s=f"{rate:.0f}", refresh=True)
+            self.progress.note(f"{self.tokens_this_run / max(self.engine_seconds, 1e-9):.0f} tok/s")
         return outputs
 
     def prefetch(self, plans: list[ShardPlan], seen: set[str]) -> None:
@@ -444,8 +446,6 @@ def run_generate(
     spec (tests and benchmarks share one vLLM engine this way); the others are started from ``cfg.engine`` by
     the stage's own pool when there is work to do.
     """
-    from tqdm.auto import tqdm
-
     check_writable(Path(cfg.paths.outputs), "paths.outputs")
     stage_dir = Path(stage_dir) if stage_dir is not None else folder(cfg, "generate")
     payload = generate_payload(cfg)
@@ -484,11 +484,13 @@ def run_generate(
         log.info("generate stage %s: %d records in %d shards, %d shard(s) to do", stage_dir, total, len(plans), len(todo))
         if todo:
             seen: set[str] = {r["id"] for r in store.records()}
-            with tqdm(total=total, initial=store.record_count(), unit="rec", desc="generate", disable=not show_progress,
-                      dynamic_ncols=True, smoothing=0.1) as bar:
+            turns = 1 + cfg.generate.multi_turn.fraction * (cfg.generate.multi_turn.num_turns - 1)
+            stage.start_engines()  # their start-up is neither generation time nor progress
+            with Progress("generate", total, store.record_count(), enabled=show_progress,
+                          per_record=2 * turns * cfg.generate.oversample) as bar:
                 stage.progress = bar
-                stage.start_engines()  # their start-up is not generation time
                 for wave in waves(todo, cfg.generate.engine_batch):
+                    bar.expect(sum(p.size for p in wave))
                     start = time.perf_counter()
                     if len(wave) > 1:
                         stage.prefetch(wave, seen)
@@ -497,15 +499,17 @@ def run_generate(
                         records, meta = stage.make_shard(plan, seen)
                         meta["seconds"] = round(meta["seconds"] + ahead_per_record * plan.size, 3)
                         store.write_shard(plan.name, records, meta)
-                        bar.update(len(records))
+                        bar.done(len(records))
                     stage.forget()
     finally:
         stage.close()
     stats = aggregate_stats(store, total)
     if stats["records"] != total:
         raise RuntimeError(f"generate wrote {stats['records']} records, expected {total}; rerun to redo missing shards")
+    stats["diversity"] = diversity(store.records())
     (stage_dir / "stats.json").write_text(json.dumps(stats, indent=1))
     exports = export_records(store.records, export_dir, cfg.generate.export, cfg.generate.include_system)
+    exports["card"] = str(write_card(stage_dir, export_dir, total, stats))
     store.mark_complete(records=total)
     log.info("generate: %d records (%d multi-turn), dropped %s, %.1f tok/s", stats["records"],
              stats["multi_turn_records"], stats["dropped"], stats["tokens_per_s"] or 0.0)

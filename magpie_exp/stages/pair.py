@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 from magpie_exp import __version__
 from magpie_exp.config import ConfigError, MagpieConfig
+from magpie_exp.console import Progress
 from magpie_exp.engines import Engine, Request, SamplingSpec
 from magpie_exp.engines.pool import EnginePool
 from magpie_exp.files import stable_seed
@@ -154,8 +155,6 @@ def run_pair(cfg: MagpieConfig, engines: EnginePool | dict[str, Engine] | None =
              upstream: str | None = None) -> StageResult:
     """Run (or resume, or reuse) the pair stage; ``engines`` is the pipeline's engine pool or lends engines by model
     spec, ``upstream`` is the curated folder or file to pair (else ``input``, else this config's curate folder)."""
-    from tqdm.auto import tqdm
-
     check_writable(Path(cfg.paths.outputs), "paths.outputs")
     source = open_input(cfg, "pair", upstream)
     payload = pair_payload(cfg, source.key)
@@ -183,14 +182,18 @@ def run_pair(cfg: MagpieConfig, engines: EnginePool | dict[str, Engine] | None =
     try:
         todo = [s for s in source.shard_names if s not in store.done()]
         total = sum(info.get("records", 0) for info in source.manifest.get("shards", {}).values()) or None
-        with tqdm(total=total, unit="rec", desc="pair", disable=not show_progress, dynamic_ncols=True) as bar:
+        # one request of k answers, then a judge request per answer (a reward model scores without the engine)
+        done = sum(info.get("records", 0) for name, info in source.manifest.get("shards", {}).items() if name not in todo)
+        with Progress("pair", total, done if total else 0, enabled=show_progress,
+                      per_record=2 * cfg.pair.num_responses) as bar:
             for shard in todo:
                 records = list(source.read(shard))
+                bar.expect(len(records))
                 stats: Counter = Counter()
                 start = time.perf_counter()
                 rows = stage.make_shard(records, stats)
                 store.write_shard(shard, rows, {"stats": dict(stats), "seconds": round(time.perf_counter() - start, 2)})
-                bar.update(len(records))
+                bar.done(len(records))
     finally:
         stage.close()
     for info in store.manifest["shards"].values():

@@ -28,8 +28,11 @@ from typing import Any
 import numpy as np
 
 from magpie_exp import __version__
+from magpie_exp.card import write_card
 from magpie_exp.config import MagpieConfig, need, validate_engine
+from magpie_exp.console import Progress
 from magpie_exp.decontam import BENCHMARKS, Counts
+from magpie_exp.diversity import diversity
 from magpie_exp.engines import Engine
 from magpie_exp.engines.pool import EnginePool
 from magpie_exp.labels import DIFFICULTY, JUDGE_MODES, QUALITY
@@ -81,8 +84,6 @@ class TagStage:
                 tagger.prepare()
 
     def run_taggers(self) -> dict[str, Any]:
-        from tqdm.auto import tqdm
-
         timings: dict[str, Any] = {}
         total = sum(info["records"] for info in self.source.manifest.get("shards", {}).values()) or None
         for t_index, tagger in enumerate(self.taggers):
@@ -91,20 +92,19 @@ class TagStage:
             if not todo:
                 continue
             start, count = time.perf_counter(), 0
-            with tqdm(total=total, initial=part.record_count(), unit="rec", desc=f"tag:{tagger.name}",
-                      disable=not self.show_progress, dynamic_ncols=True) as bar:
+            with Progress(f"tag:{tagger.name}", total, part.record_count(), enabled=self.show_progress) as bar:
                 for shard in todo:
                     records = list(self.source.read(shard))
                     rows, vectors = [], None
                     for b in range(0, len(records), self.cfg.tag.batch_size):
                         batch = records[b:b + self.cfg.tag.batch_size]
+                        bar.expect(len(batch))
                         rows.extend(tagger.run(batch))
                         if tagger.name == "embedding":
                             part_vectors = tagger.embed(batch)  # type: ignore[attr-defined]
                             vectors = part_vectors if vectors is None else np.concatenate([vectors, part_vectors])
-                        bar.update(len(batch))
+                        bar.done(len(batch))
                         count += len(batch)
-                        bar.set_postfix(rec_s=f"{count / max(time.perf_counter() - start, 1e-9):.1f}")
                     if vectors is not None:  # written before the shard, so a listed shard always has its vectors
                         self._save_vectors(part, shard, vectors)
                     errors = Counter(row["_error"].split(":")[0] for row in rows if row.get("_error"))
@@ -286,6 +286,11 @@ def run_tag(cfg: MagpieConfig, engines: EnginePool | dict[str, Engine] | None = 
         stats["decontam"].update(against=against, unchecked=unchecked)
         log.info("decontam: %d of %d records match an evaluation prompt %s", stats["decontam"]["contaminated"],
                  stats["records"], stats["decontam"]["by_benchmark"] or "")
+    if "embedding" in cfg.tag.taggers:
+        ids, matrix = stage.load_vectors()
+        stats["diversity"] = diversity(final.records(), lambda wanted: {i: v for i, v in zip(ids, matrix, strict=True) if i in wanted})
+    else:
+        stats["diversity"] = diversity(final.records())
     (stage_dir / "stats.json").write_text(json.dumps(stats, indent=1))
     if cfg.tag.plots:
         from magpie_exp.plots import dataset_plots
@@ -294,6 +299,7 @@ def run_tag(cfg: MagpieConfig, engines: EnginePool | dict[str, Engine] | None = 
         stats["plots"] = dataset_plots(final.records, stage_dir / "plots", vectors)
         (stage_dir / "stats.json").write_text(json.dumps(stats, indent=1))
     exports = export_records(final.records, export_dir, formats, cfg.generate.include_system)
+    exports["card"] = str(write_card(stage_dir, export_dir, stats["records"], stats))
     final.mark_complete(records=stats["records"])
     log.info("tag: %d records, failures %s", stats["records"], stats["failures"] or "none")
     return StageResult(stage_dir, stats, exports, False)
