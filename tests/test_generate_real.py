@@ -236,3 +236,16 @@ def test_the_engine_runs_in_process_and_leaves_the_environment_as_it_was(vllm_en
     assert type(vllm_engine.llm.llm_engine.engine_core).__name__ == "InprocClient"
     assert "libgomp" not in os.environ.get("LD_PRELOAD", "")
     assert "VLLM_DIST_IDENT" not in os.environ and os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0"
+
+
+def test_closing_a_second_engine_leaves_the_first_working(vllm_engine, smollm2_dir) -> None:
+    """Two vLLM engines in one process (the default loop's evaluated model beside its judge): closing one must not
+    tear down the distributed state the other runs on (vLLM's EngineCore.shutdown does, for the whole process)."""
+    from magpie_exp.engines import build_engine
+
+    cfg = schema("engine.enforce_eager=true", "engine.dtype=float32")
+    second = build_engine(cfg.engine, cfg.generator, str(smollm2_dir), seed=1)
+    request = Request([1, 2, 3], SamplingSpec(n=1, temperature=0.0, max_tokens=4))
+    assert second.generate([request])[0][0].token_count > 0
+    second.close()
+    assert vllm_engine.generate([request])[0][0].token_count > 0  # failed with "pipeline model parallel group is not initialized"

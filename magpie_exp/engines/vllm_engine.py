@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from magpie_exp.config import EngineConfig, GeneratorConfig
 
 log = logging.getLogger(__name__)
+_OPEN: set[int] = set()  # the vLLM engines open in this process (they share vLLM's distributed state)
 
 
 def _vllm_version() -> str:
@@ -92,6 +93,7 @@ class VLLMEngine(Engine):
         log.info("starting vLLM %s on %s (%s, eager=%s)", _vllm_version(), model_path, dtype, cfg.enforce_eager)
         try:
             self.llm = LLM(**kwargs)
+            _OPEN.add(id(self))
         finally:
             _restore_environment(environment)
         self.info = EngineInfo(kind="vllm", version=_vllm_version(), model=model_path, extra={"dtype": dtype})
@@ -141,8 +143,20 @@ class VLLMEngine(Engine):
         llm = getattr(self, "llm", None)
         if llm is None:
             return
+        _OPEN.discard(id(self))
+        client = llm.llm_engine.engine_core
         try:
-            llm.llm_engine.engine_core.shutdown()
+            core = getattr(client, "engine_core", None)  # the EngineCore itself when it runs in this process
+            if _OPEN and core is not None and getattr(client, "_finalizer", None) is not None:
+                # EngineCore.shutdown also tears down vLLM's process-wide distributed state, which the other
+                # engines still open in this process use (the evaluated model's engine closing under the judge's
+                # broke the judge): free this engine's executor and scheduler only
+                client._finalizer.detach()  # else the client's finalizer runs the whole shutdown when it is collected
+                core.structured_output_manager.clear_backend()
+                core.model_executor.shutdown()
+                core.scheduler.shutdown()
+            else:
+                client.shutdown()
         except Exception as exc:  # best effort: the process exit frees it anyway
             log.debug("vLLM shutdown: %s", exc)
         self.llm = None
