@@ -15,20 +15,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from magpie_exp.shards import ShardStore
+
 KEPT_LIMIT = 3000
 DROPPED_LIMIT = 1000
 # filters shown where the records have the field: (tag, label)
 FILTERS = [("input_quality", "quality"), ("difficulty", "difficulty"), ("task_category", "category"),
            ("safety", "safety"), ("language", "language"), ("contaminated", "contaminated")]
 COLUMNS = ["input_quality", "difficulty", "task_category", "safety", "language", "reward"]
-
-
-def _shard_records(folder: Path):  # noqa: ANN202 - a generator of records
-    for shard in sorted((folder / "shards").glob("*.jsonl")):
-        with shard.open() as handle:
-            for line in handle:
-                if line.strip():
-                    yield json.loads(line)
 
 
 def _row(record: dict[str, Any], status: str, reason: str | None) -> dict[str, Any]:
@@ -43,9 +37,9 @@ def _row(record: dict[str, Any], status: str, reason: str | None) -> dict[str, A
 def explorer_rows(curate_dir: str | None, tag_dir: str | None, other_dir: str | None) -> tuple[list[dict[str, Any]], str]:
     """The rows the explorer shows and a line saying what they are (bounded: see the module docstring)."""
     rows: list[dict[str, Any]] = []
-    if curate_dir and (Path(curate_dir) / "shards").is_dir():
+    if curate_dir and (Path(curate_dir) / "manifest.json").exists():
         kept_total = 0
-        for record in _shard_records(Path(curate_dir)):
+        for record in ShardStore.open(Path(curate_dir)).records():
             kept_total += 1
             if len(rows) < KEPT_LIMIT:
                 rows.append(_row(record, "kept", None))
@@ -61,8 +55,8 @@ def explorer_rows(curate_dir: str | None, tag_dir: str | None, other_dir: str | 
                             rejected.append(json.loads(line))
         full: dict[str, dict[str, Any]] = {}
         wanted = {r["id"] for r in rejected}
-        if wanted and tag_dir and (Path(tag_dir) / "shards").is_dir():
-            for record in _shard_records(Path(tag_dir)):
+        if wanted and tag_dir and (Path(tag_dir) / "manifest.json").exists():
+            for record in ShardStore.open(Path(tag_dir)).records():
                 if record.get("id") in wanted:
                     full[record["id"]] = record
                     if len(full) == len(wanted):
@@ -78,8 +72,8 @@ def explorer_rows(curate_dir: str | None, tag_dir: str | None, other_dir: str | 
         return rows, note
     folder = tag_dir or other_dir
     total = 0
-    if folder and (Path(folder) / "shards").is_dir():
-        for record in _shard_records(Path(folder)):
+    if folder and (Path(folder) / "manifest.json").exists():
+        for record in ShardStore.open(Path(folder)).records():
             total += 1
             if len(rows) < KEPT_LIMIT:
                 rows.append(_row(record, "", None))
