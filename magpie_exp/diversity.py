@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from magpie_exp.shards import MANIFEST, ShardStore
+
 SAMPLE = 2000
 
 
@@ -99,20 +101,13 @@ def diversity(records: Iterable[dict[str, Any]], vectors: Callable[[set[str]], d
 def stored_vectors(tag_dir: Path, ids: set[str] | None = None) -> dict[str, np.ndarray]:
     """id -> embedding from a tag folder's embedding part (``parts/embedding``: one .npy per shard beside the
     shard's ids), for ``ids`` (all when None); empty when that tag run had no embedding tagger. Read-only."""
-    shards = tag_dir / "parts" / "embedding" / "shards"
+    part = tag_dir / "parts" / "embedding"
     out: dict[str, np.ndarray] = {}
-    if not shards.is_dir():
+    if not (part / MANIFEST).exists():
         return out
-    import json
-
-    for npy in sorted(shards.glob("*.npy")):
-        rows = npy.with_suffix(".jsonl")
-        if not rows.exists():
-            continue
-        shard_ids = [json.loads(line)["id"] for line in rows.read_text().splitlines() if line.strip()]
-        matrix = np.load(npy)
-        if len(shard_ids) != len(matrix):
-            raise RuntimeError(f"{npy}: {len(shard_ids)} ids but {len(matrix)} vectors")
+    store = ShardStore.open(part)  # read-only
+    for name in sorted(store.done()):
+        shard_ids, matrix = store.read_vectors(name)
         for rid, vector in zip(shard_ids, matrix, strict=True):
             if ids is None or rid in ids:
                 out[rid] = vector

@@ -131,7 +131,7 @@ class ShardStore:
         self.shard_dir = self.root / "shards"
         self.read_only = read_only
         if not read_only:  # the writer of this folder: it alone makes, cleans and changes it
-            self.shard_dir.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True)  # shards/ comes with the first shard (a model folder has none)
             if not self._finished_on_disk():
                 acquire_writer(self.root)  # waits while another job writes it
                 self._clean_temporaries()
@@ -224,6 +224,7 @@ class ShardStore:
         # UTF-8 on disk, and the same string when read back
         data = "".join(lines).encode("utf-8", errors="backslashreplace")
         path = self.shard_path(name)
+        self.shard_dir.mkdir(exist_ok=True)
         atomic_write_bytes(path, data)
         failpoint("shard.renamed")
         self.manifest["shards"][name] = {
@@ -235,6 +236,28 @@ class ShardStore:
         self._save(self.manifest)
         failpoint("shard.written")
         return len(lines)
+
+    def write_vectors(self, name: str, vectors: Any) -> None:
+        """Store a float32 matrix (one row per record) beside shard ``name``; written before the shard, so a listed
+        shard always has its vectors (the tag stage's embeddings)."""
+        import io
+
+        import numpy as np
+
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(vectors, dtype=np.float32))
+        self.shard_dir.mkdir(exist_ok=True)
+        atomic_write_bytes(self.shard_dir / f"{name}.npy", buffer.getvalue())
+
+    def read_vectors(self, name: str) -> tuple[list[str], Any]:
+        """The ids of shard ``name`` and the matrix stored beside it, row for row (an error if they disagree)."""
+        import numpy as np
+
+        ids = [row["id"] for row in self.read_shard(name)]
+        vectors = np.load(self.shard_dir / f"{name}.npy")
+        if len(ids) != len(vectors):
+            raise RuntimeError(f"{self.root}: {name} has {len(ids)} ids but {len(vectors)} vectors")
+        return ids, vectors
 
     def read_shard(self, name: str) -> Iterator[dict[str, Any]]:
         with self.shard_path(name).open(encoding="utf-8") as handle:

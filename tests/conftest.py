@@ -22,7 +22,10 @@ _PREWARM: list[subprocess.Popen] = []
 def pytest_sessionstart(session) -> None:
     """Convert the embedded models that are not converted yet (GGUF -> Hugging Face folder: about two minutes for
     Gemma, on one core, once per cache) in a background process while the first, single-threaded tests run on the
-    other core; a test that needs a model meanwhile waits for it (embedded_model_dir holds a file lock)."""
+    other core; a test that needs a model meanwhile waits for it (embedded_model_dir holds a file lock). Under
+    pytest-xdist the controller starts it, not each worker."""
+    if hasattr(session.config, "workerinput"):
+        return
     from magpie_exp.models import EMBEDDED, converted_dir
 
     missing = [name for name in EMBEDDED if not (converted_dir(name, CACHE) / "config.json").exists()]
@@ -33,6 +36,15 @@ def pytest_sessionstart(session) -> None:
         with (CACHE / "conversion.log").open("w") as log:
             _PREWARM.append(subprocess.Popen([sys.executable, "-c", code, str(CACHE), *missing], stdout=log,
                                              stderr=subprocess.STDOUT, start_new_session=True))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Under ``pytest -n 2 --dist loadgroup`` (the README's test command) every real-model test runs on one worker,
+    in order, sharing one engine per model as in a serial run, while the fast tests fill the other worker: the
+    real-model tests leave a core idle much of the time (start-ups, tokenizing, single-threaded Python)."""
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group("real-models"))
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:

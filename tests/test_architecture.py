@@ -120,6 +120,19 @@ def test_below_the_stages_code_takes_its_section_of_the_config() -> None:
     assert below - allowed == set(), sorted(below - allowed)
 
 
+def test_every_stage_finishes_its_folder_through_the_one_completion_rule() -> None:
+    """Each stage module marks its folder finished with ``common.finish`` and tests for a cache hit with
+    ``common.finished`` (stats file, then the manifest's flag); none writes its stats file itself."""
+    import ast
+
+    for module in sorted(STAGE_MODULES):
+        tree = ast.parse((PACKAGE / (module.split(".", 1)[1].replace(".", "/") + ".py")).read_text())
+        called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        assert {"finish", "finished"} <= called, module
+        writes = [n for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in ("stats.json", "scores.json")]
+        assert len(writes) <= 1, (module, "names its stats file more than once")
+
+
 def test_the_registry_names_every_step_once_in_the_pipeline_order() -> None:
     from magpie_exp.config import PIPELINE_STAGES, STAGES
     from magpie_exp.stages import STEPS

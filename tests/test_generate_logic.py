@@ -155,3 +155,31 @@ def test_a_failing_engine_fails_the_shard_as_without_look_ahead(tmp_path: Path) 
     with pytest.raises(OSError, match="engine went away"):
         run_generate(cfg, engines={"generator": FakeEngine(_tokenizer(cfg), broken)}, show_progress=False)
     assert not list((Path(cfg.paths.outputs) / "stages" / "generate").glob("*/shards/*.jsonl"))
+
+
+def test_a_run_killed_before_its_completion_flag_is_finished_not_reused(tmp_path: Path, monkeypatch) -> None:
+    """Every shard written and the stats on disk, but the manifest's complete flag never set (killed first): the
+    same command finishes the folder without a request and is not reported as a cache hit; then it is one."""
+    import pytest
+
+    from magpie_exp.shards import ShardStore
+
+    cfg = _cfg(tmp_path)
+    engine = FakeEngine(_tokenizer(cfg), _script)
+
+    def killed(self, **extra):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ShardStore, "mark_complete", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_generate(cfg, engines={"generator": engine}, show_progress=False)
+    stage_dir = next((tmp_path / "stages" / "generate").iterdir())
+    manifest = json.loads((stage_dir / "manifest.json").read_text())
+    assert (stage_dir / "stats.json").exists() and not manifest["complete"] and len(manifest["shards"]) == 2
+    asked = len(engine.prompts)
+    again = run_generate(cfg, engines={"generator": engine}, show_progress=False)
+    assert not again.cache_hit and len(engine.prompts) == asked  # finished from its shards, nothing regenerated
+    assert json.loads((stage_dir / "manifest.json").read_text())["complete"] and len(_records(again)) == 12
+    assert run_generate(cfg, engines={"generator": engine}, show_progress=False).cache_hit
+

@@ -39,10 +39,41 @@ def test_shards_resume_and_detect_corruption(tmp_path) -> None:
 
 def test_leftover_temporary_files_are_removed(tmp_path) -> None:
     store = ShardStore(tmp_path, "generate", "abc")
+    store.shard_dir.mkdir()  # shards/ comes with the first shard
     leftover = store.shard_dir / ".s0.jsonl.tmp-999"
     leftover.write_text("half a shard")
     ShardStore(tmp_path, "generate", "abc")
     assert not leftover.exists()
+
+
+def test_every_stage_folder_is_finished_by_one_rule(tmp_path) -> None:
+    """``finish`` writes the stats, then the manifest's flag; ``finished`` is the only cache-hit test: a flag without
+    its stats, a missing export or a shard that fails its checksum is not finished (and a reader changes nothing)."""
+    from magpie_exp.stages.common import finish, finished
+
+    export = tmp_path / "export.jsonl"
+    store = ShardStore(tmp_path / "stage", "tag", "abc", {"x": 1})
+    store.write_shard("s0", [_record(0)])
+    assert finished(store, {"records": export}) is None  # not marked yet
+    export.write_text("{}\n")
+    result = finish(store, {"records": 1}, {"records": export}, records=1)
+    assert not result.cache_hit and json.loads((tmp_path / "stage" / "stats.json").read_text()) == {"records": 1}
+    hit = finished(ShardStore(tmp_path / "stage", "tag", "abc"), {"records": export})
+    assert hit is not None and hit.cache_hit and hit.stats == {"records": 1} and hit.exports == {"records": str(export)}
+    export.unlink()
+    assert finished(ShardStore(tmp_path / "stage", "tag", "abc"), {"records": export}) is None
+    export.write_text("{}\n")
+    (tmp_path / "stage" / "stats.json").unlink()  # killed between the flag's two writes cannot happen; a lost file can
+    assert finished(ShardStore(tmp_path / "stage", "tag", "abc"), {"records": export}) is None
+    finish(ShardStore(tmp_path / "stage", "tag", "abc"), {"records": 1}, {"records": export}, records=1)
+    shard = store.shard_path("s0")
+    shard.write_bytes(shard.read_bytes()[:-3])
+    manifest = (tmp_path / "stage" / "manifest.json").read_bytes()
+    assert finished(ShardStore.open(tmp_path / "stage"), {"records": export}) is None  # a reader: no change
+    assert (tmp_path / "stage" / "manifest.json").read_bytes() == manifest
+    writer = ShardStore(tmp_path / "stage", "tag", "abc")
+    assert finished(writer, {"records": export}) is None  # the writer drops the bad shard and the flag
+    assert not writer.complete and writer.done() == set()
 
 
 def test_manifest_of_another_config_is_refused(tmp_path) -> None:

@@ -1,4 +1,11 @@
-"""What every stage shares: writable and free-space checks, the result type, and reading a stage's input.
+"""What every stage shares: writable and free-space checks, the result type, completion, and reading a stage's
+input.
+
+Every stage folder, whatever it holds (shards, a model, scores), has a ``manifest.json`` (its config hash and
+payload) and is finished the same way: ``finish`` writes its stats file, then marks the manifest complete, as
+its last write; ``finished`` is the one cache-hit test (manifest complete, every shard matching its checksum,
+the stats file and every export present). A folder killed at any point before that last write is resumed,
+never reused.
 
 A stage's folder is named in ``keys`` (its payload, code version and the key of its input). An input is either
 a finished stage folder (its shards, in order) or a JSONL file of records in any of the common layouts: our
@@ -10,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +25,13 @@ from typing import Any
 from collections.abc import Callable, Iterator
 
 from magpie_exp.config import ConfigError, MagpieConfig
-from magpie_exp.files import file_digest
+from magpie_exp.files import atomic_write_bytes, file_digest
 from magpie_exp.records import Record, record_id
 from magpie_exp.shards import ShardStore, writer_of
 from magpie_exp.stages.keys import CHAIN, folder
 from magpie_exp.taggers import TagContext
+
+log = logging.getLogger(__name__)
 
 _SHAREGPT_ROLE = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
@@ -70,6 +80,30 @@ class StageResult:
     stats: dict[str, Any]
     exports: dict[str, str]
     cache_hit: bool
+
+
+def finished(store: ShardStore, exports: dict[str, Path], stats_file: str = "stats.json") -> StageResult | None:
+    """The result of ``store``'s folder if it is finished, else None: the one completion test of every stage.
+
+    Finished means: the manifest says complete, every shard matches its checksum (a writable store drops the bad
+    ones and so is unfinished again), and ``stats_file`` and every export exist."""
+    root = store.root
+    if store.verify() or not store.complete or not (root / stats_file).exists():
+        return None
+    if not all(Path(p).exists() for p in exports.values()):
+        return None
+    log.info("cache hit: %s stage %s is complete (%d records)", store.stage, root,
+             store.manifest.get("records", store.record_count()))
+    return StageResult(root, json.loads((root / stats_file).read_text()), {k: str(v) for k, v in exports.items()}, True)
+
+
+def finish(store: ShardStore, stats: dict[str, Any], exports: dict[str, Any], stats_file: str = "stats.json",
+           **manifest: Any) -> StageResult:
+    """Mark ``store``'s folder finished, the last write of every stage: its stats (atomically), then the manifest's
+    completion flag (with ``manifest`` facts, e.g. its record count)."""
+    atomic_write_bytes(store.root / stats_file, json.dumps(stats, indent=1).encode())
+    store.mark_complete(**manifest)
+    return StageResult(store.root, stats, {k: str(v) for k, v in exports.items()}, False)
 
 
 @dataclass

@@ -12,7 +12,6 @@ recipe that kept 300K of 1M records keeps the same fraction of the records it is
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections import Counter, defaultdict
@@ -29,7 +28,7 @@ from magpie_exp.records import EXPORT_FILES, Record, export_records, first_excha
 from magpie_exp.rules import (DERIVED_FIELDS, FIELD_TAGGER, check_tagged_fields, failed_rules, field_value, recipe_fields,
                               recipe_rules)
 from magpie_exp.shards import ShardStore
-from magpie_exp.stages.common import StageInput, StageResult, check_writable, open_input
+from magpie_exp.stages.common import StageInput, StageResult, check_writable, finish, finished, open_input
 from magpie_exp.stages.keys import config_hash, curate_payload, stage_folder
 
 log = logging.getLogger(__name__)
@@ -165,10 +164,8 @@ def run_curate(cfg: MagpieConfig, stage_dir: Path | None = None, show_progress: 
     export_dir = stage_dir / "export"
     formats = cfg.curate.export
     store = ShardStore(stage_dir, "curate", config_hash(payload), payload)
-    if store.complete and all((export_dir / EXPORT_FILES[f]).exists() for f in formats) and not store.verify():
-        log.info("cache hit: curate stage %s (%d records kept)", stage_dir, store.record_count())
-        stats = json.loads((stage_dir / "stats.json").read_text())
-        return StageResult(stage_dir, stats, {f: str(export_dir / EXPORT_FILES[f]) for f in formats}, True)
+    if hit := finished(store, {f: export_dir / EXPORT_FILES[f] for f in formats}):
+        return hit
     curate = cfg.curate
     # Pass 1: rules and dedup per record; keep only (id, sort value, group) of the survivors. Records are keyed
     # by id, so two records with one id are refused: the second would share the first's fate unseen.
@@ -236,9 +233,7 @@ def run_curate(cfg: MagpieConfig, stage_dir: Path | None = None, show_progress: 
     from magpie_exp.plots import dataset_plots
 
     stats["plots"] = dataset_plots(store.records, stage_dir / "plots") if kept else {}
-    (stage_dir / "stats.json").write_text(json.dumps(stats, indent=1))
     exports = export_records(store.records, export_dir, formats, cfg.generate.include_system)
     exports["card"] = str(write_card(stage_dir, export_dir, len(kept), stats))
-    store.mark_complete(records=len(kept))
     log.info("curate %s: kept %d of %d; dropped %s", curate.name, len(kept), n_input, dict(dropped.most_common(6)))
-    return StageResult(stage_dir, stats, exports, False)
+    return finish(store, stats, exports, records=len(kept))

@@ -20,14 +20,14 @@ adding a benchmark keeps the others:
    length-controlled win rates and the Arena-Hard-style score with its bootstrap interval
    (``magpie_exp.evaluation.winrate``), and lm-eval tasks run in process on the model folder.
 
-The stage folder ``<outputs>/stages/evaluate/<hash>`` holds ``scores.json``, ``results.md`` and per benchmark
+The stage folder ``<outputs>/stages/evaluate/<hash>`` holds ``manifest.json`` (its payload), ``scores.json``
+(its stats: written last, with the manifest's completion flag), ``results.md`` and per benchmark
 ``<benchmark>/items.jsonl`` (prompt, answers, verdicts, judge replies and per-item scores). Every score records
 the judge model, prompt version and sampling.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
@@ -45,9 +45,9 @@ from magpie_exp.generators import eos_ids
 from magpie_exp.evaluation.candidate import candidate_generator, resolve_candidate
 from magpie_exp.evaluation.judging import PAIRWISE_VERSION, Judge, mt_bench_messages, pairwise_messages
 from magpie_exp.evaluation.scores import score_ifeval, score_mt_bench, score_pairwise
-from magpie_exp.shards import ShardStore
+from magpie_exp.shards import MANIFEST, ShardStore, wait_for_writer
 from magpie_exp.stages import keys
-from magpie_exp.stages.common import StageResult, check_writable
+from magpie_exp.stages.common import StageResult, check_writable, finish, finished
 from magpie_exp.stages.keys import config_hash
 from magpie_exp.evaluation.tables import results_table
 
@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 BENCHMARKS = ("ifeval", "mt_bench", "alpaca_eval", "arena_hard", "lm_eval")
 JUDGED = ("mt_bench", "alpaca_eval", "arena_hard")
 GENERATED = ("ifeval", "mt_bench", "alpaca_eval", "arena_hard")
+SCORES = "scores.json"  # the evaluate folder's stats file
 
 
 def check_evaluation_config(cfg: MagpieConfig) -> None:
@@ -318,11 +319,13 @@ def run_evaluate(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, sh
     stage = EvaluateStage(cfg, engines, model, label)  # a bad model, benchmark or data file fails here, before any engine starts
     payload = stage_payload(stage)
     out = Path(cfg.paths.outputs) / "stages" / "evaluate" / config_hash(payload)
-    if (out / "scores.json").exists():
-        log.info("cache hit: evaluate %s", out)
-        return StageResult(out, json.loads((out / "scores.json").read_text()), {"results": str(out / "results.md")}, True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(payload, indent=1))
+    exports = {"results": out / "results.md"}
+    wait_for_writer(out)  # a sweep member evaluating this same model finishes first
+    if (out / MANIFEST).exists() and (hit := finished(ShardStore.open(out), exports, SCORES)):
+        return hit
+    store = ShardStore(out, "evaluate", config_hash(payload), payload)  # the folder's manifest holds the payload
+    if hit := finished(store, exports, SCORES):  # finished meanwhile by another job
+        return hit
     scores: dict[str, Any] = {}
     counts: dict[str, Any] = {}
     try:
@@ -359,9 +362,6 @@ def run_evaluate(cfg: MagpieConfig, engines: dict[str, Engine] | None = None, sh
               "seconds": {k: round(v, 1) for k, v in stage.seconds.items()}, "code_version": __version__,
               "subset": {"limit": cfg.evaluation.limit, "sample": cfg.evaluation.sample, "seed": cfg.seed}}
     (out / "results.md").write_text(results_table([result]))
-    tmp = out / "scores.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(out / "scores.json")  # written last: its presence marks a finished evaluation
     log.info("evaluate %s: %s (%s)", stage.cand.label, ", ".join(f"{b} n={s.get('n')}" for b, s in scores.items()
                                                               if isinstance(s, dict)), out / "results.md")
-    return StageResult(out, result, {"results": str(out / "results.md")}, False)
+    return finish(store, result, exports, SCORES)

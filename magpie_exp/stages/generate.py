@@ -13,7 +13,6 @@ instructions are dropped across the whole run and every record id is unique.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -36,7 +35,7 @@ from magpie_exp.records import EXPORT_FILES, Record, export_records, record_id
 from magpie_exp.sanitize import sanitize_instruction
 from magpie_exp.files import stable_seed
 from magpie_exp.shards import ShardStore, wait_for_writer
-from magpie_exp.stages.common import StageResult, check_writable
+from magpie_exp.stages.common import StageResult, check_writable, finish, finished
 from magpie_exp.stages.keys import config_hash, folder, generate_payload
 from magpie_exp.templates import next_user_prefix, response_prompt
 
@@ -400,7 +399,6 @@ class GenerateStage:
         }
         return {"id": conv.id, "messages": messages, "gen": gen, "tags": {}}
 
-GenerateResult = StageResult
 
 
 def aggregate_stats(store: ShardStore, requested: int) -> dict[str, Any]:
@@ -439,7 +437,7 @@ def run_generate(
     engines: EnginePool | dict[str, Engine] | None = None,
     stage_dir: Path | None = None,
     show_progress: bool = True,
-) -> GenerateResult:
+) -> StageResult:
     """Run (or resume, or reuse) the generate stage for ``cfg``; returns its folder, stats and exports.
 
     ``engines`` is the pipeline's engine pool, or lends engines by ``generator`` / ``response_generator`` / model
@@ -453,13 +451,8 @@ def run_generate(
     total = sum(p.size for p in plans)
     export_dir = stage_dir / "export"
 
-    def cached(store: ShardStore) -> GenerateResult | None:
-        store.verify()
-        if store.complete and all((export_dir / EXPORT_FILES[f]).exists() for f in cfg.generate.export):
-            log.info("cache hit: generate stage %s is complete (%d records)", stage_dir, store.record_count())
-            stats = json.loads((stage_dir / "stats.json").read_text())
-            return GenerateResult(stage_dir, stats, {f: str(export_dir / EXPORT_FILES[f]) for f in cfg.generate.export}, True)
-        return None
+    def cached(store: ShardStore) -> StageResult | None:
+        return finished(store, {f: export_dir / EXPORT_FILES[f] for f in cfg.generate.export})
 
     wait_for_writer(stage_dir)  # a sweep member making this same folder finishes first
     # Open an existing stage folder only: creating one waits until the models and templates have been checked.
@@ -507,12 +500,10 @@ def run_generate(
     if stats["records"] != total:
         raise RuntimeError(f"generate wrote {stats['records']} records, expected {total}; rerun to redo missing shards")
     stats["diversity"] = diversity(store.records())
-    (stage_dir / "stats.json").write_text(json.dumps(stats, indent=1))
     exports = export_records(store.records, export_dir, cfg.generate.export, cfg.generate.include_system)
     exports["card"] = str(write_card(stage_dir, export_dir, total, stats))
-    store.mark_complete(records=total)
     log.info("generate: %d records (%d multi-turn), dropped %s, %.1f tok/s", stats["records"],
              stats["multi_turn_records"], stats["dropped"], stats["tokens_per_s"] or 0.0)
-    return GenerateResult(stage_dir, stats, exports, False)
+    return finish(store, stats, exports, records=total)
 
 

@@ -15,7 +15,6 @@ format (``prompt`` / ``chosen`` / ``rejected`` message lists) with every score k
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
@@ -33,7 +32,7 @@ from magpie_exp.files import stable_seed
 from magpie_exp.generators import load_side
 from magpie_exp.records import Record, first_exchange, write_jsonl
 from magpie_exp.shards import ShardStore, wait_for_writer
-from magpie_exp.stages.common import StageResult, check_writable, open_input, tag_context
+from magpie_exp.stages.common import StageResult, check_writable, finish, finished, open_input, tag_context
 from magpie_exp.stages.keys import config_hash, pair_payload, stage_folder
 from magpie_exp.chat import Models
 from magpie_exp.taggers import Scorer, shared_scorer
@@ -162,11 +161,7 @@ def run_pair(cfg: MagpieConfig, engines: EnginePool | dict[str, Engine] | None =
     export = stage_dir / "export" / "pairs.jsonl"
 
     def cached(store: ShardStore) -> StageResult | None:
-        store.verify()
-        if store.complete and export.exists():
-            log.info("cache hit: pair stage %s (%d pairs)", stage_dir, store.record_count())
-            return StageResult(stage_dir, json.loads((stage_dir / "stats.json").read_text()), {"pairs": str(export)}, True)
-        return None
+        return finished(store, {"pairs": export})
 
     wait_for_writer(stage_dir)  # a sweep member making this same folder finishes first
     store = ShardStore(stage_dir, "pair", config_hash(payload), payload) if (stage_dir / "manifest.json").exists() else None
@@ -207,13 +202,11 @@ def run_pair(cfg: MagpieConfig, engines: EnginePool | dict[str, Engine] | None =
              "responses": totals["responses"], "empty_responses": totals["empty_responses"],
              "score_failures": {k.split(":", 1)[1]: v for k, v in totals.items() if k.startswith("score_failed:")},
              "margin": _margin_summary(store), "seconds": stage.seconds, "code_version": __version__}
-    (stage_dir / "stats.json").write_text(json.dumps(stats, indent=1))
     export.parent.mkdir(parents=True, exist_ok=True)
     write_jsonl(export, ({k: r[k] for k in ("id", "prompt", "chosen", "rejected", "chosen_score", "rejected_score", "margin")}
                          for r in store.records()))
-    store.mark_complete(records=stats["pairs"])
     log.info("pair: %d pairs from %d records; dropped %s", stats["pairs"], n_input, stats["dropped"] or "none")
-    return StageResult(stage_dir, stats, {"pairs": str(export)}, False)
+    return finish(store, stats, {"pairs": export}, records=stats["pairs"])
 
 
 def _margin_summary(store: ShardStore) -> dict[str, float]:

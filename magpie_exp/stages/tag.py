@@ -39,7 +39,7 @@ from magpie_exp.labels import DIFFICULTY, JUDGE_MODES, QUALITY
 from magpie_exp.records import EXPORT_FILES, Record, export_records
 from magpie_exp.files import atomic_write_bytes
 from magpie_exp.shards import ShardStore, wait_for_writer
-from magpie_exp.stages.common import StageInput, StageResult, check_writable, open_input, tag_context
+from magpie_exp.stages.common import StageInput, StageResult, check_writable, finish, finished, open_input, tag_context
 from magpie_exp.stages.keys import config_hash, folder, tag_payload
 from magpie_exp.chat import Models
 from magpie_exp.taggers import ORDER, TAGGER_CLASSES, DecontamTagger, Tagger
@@ -89,7 +89,9 @@ class TagStage:
         for t_index, tagger in enumerate(self.taggers):
             part = self.part(tagger.name)
             todo = self.todo(tagger)
-            if not todo:
+            if not todo:  # finished by an earlier run, which kept its timing in the part's manifest
+                if part.manifest.get("timing"):
+                    timings[tagger.name] = part.manifest["timing"]
                 continue
             start, count = time.perf_counter(), 0
             with Progress(f"tag:{tagger.name}", total, part.record_count(), enabled=self.show_progress) as bar:
@@ -106,7 +108,7 @@ class TagStage:
                         bar.done(len(batch))
                         count += len(batch)
                     if vectors is not None:  # written before the shard, so a listed shard always has its vectors
-                        self._save_vectors(part, shard, vectors)
+                        part.write_vectors(shard, vectors)
                     errors = Counter(row["_error"].split(":")[0] for row in rows if row.get("_error"))
                     out = [{"id": r["id"], **row} for r, row in zip(records, rows, strict=True)]
                     part.write_shard(shard, out, {"errors": dict(errors), "model": tagger.model_name()})
@@ -116,16 +118,8 @@ class TagStage:
                                     "records_per_s": round(count / elapsed, 2) if elapsed else None}
             # Close engines no later tagger needs (each vLLM engine holds memory and worker processes).
             self.models.release(set().union(*(t.model_ids() for t in self.taggers[t_index + 1:])))
-            part.mark_complete()
+            part.mark_complete(timing=timings[tagger.name])
         return timings
-
-    @staticmethod
-    def _save_vectors(part: ShardStore, shard: str, vectors: np.ndarray) -> None:
-        import io
-
-        buffer = io.BytesIO()
-        np.save(buffer, vectors.astype(np.float32))
-        atomic_write_bytes(part.shard_dir / f"{shard}.npy", buffer.getvalue())
 
     def load_vectors(self) -> tuple[list[str], np.ndarray]:
         """All ids and embeddings in shard order, read from disk once per stage run (dedup and plots share them)."""
@@ -137,10 +131,7 @@ class TagStage:
         part = self.part("embedding")
         ids, chunks = [], []
         for shard in self.source.shard_names:
-            vectors = np.load(part.shard_dir / f"{shard}.npy")
-            shard_ids = [row["id"] for row in part.read_shard(shard)]
-            if len(shard_ids) != len(vectors):
-                raise RuntimeError(f"{part.root}: {shard} has {len(shard_ids)} ids but {len(vectors)} vectors")
+            shard_ids, vectors = part.read_vectors(shard)
             ids.extend(shard_ids)
             chunks.append(vectors)
         return ids, np.concatenate(chunks) if chunks else np.zeros((0, 1), np.float32)
@@ -251,12 +242,7 @@ def run_tag(cfg: MagpieConfig, engines: EnginePool | dict[str, Engine] | None = 
     export_dir = stage_dir / "export"
 
     def cached(final: ShardStore) -> StageResult | None:
-        final.verify()
-        if final.complete and all((export_dir / EXPORT_FILES[f]).exists() for f in formats):
-            log.info("cache hit: tag stage %s is complete (%d records)", stage_dir, final.record_count())
-            stats = json.loads((stage_dir / "stats.json").read_text())
-            return StageResult(stage_dir, stats, {f: str(export_dir / EXPORT_FILES[f]) for f in formats}, True)
-        return None
+        return finished(final, {f: export_dir / EXPORT_FILES[f] for f in formats})
 
     wait_for_writer(stage_dir)  # a sweep member making this same folder finishes first
     if (stage_dir / "manifest.json").exists() and (hit := cached(ShardStore(stage_dir, "tag", config_hash(payload), payload))):
@@ -277,8 +263,7 @@ def run_tag(cfg: MagpieConfig, engines: EnginePool | dict[str, Engine] | None = 
             pool.close()
     dedup = stage.dedup() if "embedding" in cfg.tag.taggers else {}
     stage.merge(final, dedup)
-    previous = json.loads((stage_dir / "stats.json").read_text()).get("timings", {}) if (stage_dir / "stats.json").exists() else {}
-    stats = aggregate(final, {**previous, **timings}, [t.name for t in stage.taggers])
+    stats = aggregate(final, timings, [t.name for t in stage.taggers])
     stats["code_version"] = __version__
     decontam = next((t for t in stage.taggers if isinstance(t, DecontamTagger)), None)
     if decontam is not None:
@@ -291,18 +276,15 @@ def run_tag(cfg: MagpieConfig, engines: EnginePool | dict[str, Engine] | None = 
         stats["diversity"] = diversity(final.records(), lambda wanted: {i: v for i, v in zip(ids, matrix, strict=True) if i in wanted})
     else:
         stats["diversity"] = diversity(final.records())
-    (stage_dir / "stats.json").write_text(json.dumps(stats, indent=1))
     if cfg.tag.plots:
         from magpie_exp.plots import dataset_plots
 
         vectors = stage.load_vectors() if "embedding" in cfg.tag.taggers else None
         stats["plots"] = dataset_plots(final.records, stage_dir / "plots", vectors)
-        (stage_dir / "stats.json").write_text(json.dumps(stats, indent=1))
     exports = export_records(final.records, export_dir, formats, cfg.generate.include_system)
     exports["card"] = str(write_card(stage_dir, export_dir, stats["records"], stats))
-    final.mark_complete(records=stats["records"])
     log.info("tag: %d records, failures %s", stats["records"], stats["failures"] or "none")
-    return StageResult(stage_dir, stats, exports, False)
+    return finish(final, stats, exports, records=stats["records"])
 
 
 def check_tag_config(cfg: MagpieConfig) -> None:

@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -31,8 +32,9 @@ from magpie_exp import __version__
 from magpie_exp.config import ConfigError, DPOSpec, MagpieConfig, SFTSpec, TrainSpec, need
 from magpie_exp.models import resolve_model
 from magpie_exp.records import training_messages
-from magpie_exp.stages.common import StageResult, check_free_space, check_writable, open_input
-from magpie_exp.stages.keys import dpo_init, folder
+from magpie_exp.shards import MANIFEST, ShardStore, wait_for_writer
+from magpie_exp.stages.common import StageResult, check_free_space, check_writable, finish, finished, open_input
+from magpie_exp.stages.keys import config_hash, dpo_init, folder, payload, stage_folder
 from magpie_exp.training.precision import (DTYPES, check_master_weights, load_dtype, precision, precision_facts, save_dtype,
                                           under_zero3)
 from magpie_exp.training.templates import CHAT_TEMPLATES, check_eot, prepare_tokenizer
@@ -215,15 +217,41 @@ def _last_checkpoint(out: Path) -> str | None:
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
-def _finish(trainer: Any, tok: Any, eot: str | None, out: Path, stats: dict[str, Any], spec: TrainSpec, key: str,
-            base_path: str) -> None:
+def _is_writer() -> bool:
+    """Whether this process writes the train folder: rank 0 of a multi-process run (torchrun and accelerate set
+    RANK), or the only process. The other ranks train beside it and never lock the folder (they would wait for
+    rank 0 while rank 0 waits for them)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _trained(out: Path) -> StageResult | None:
+    """The train folder's result if it is finished: a read-only look (rank 0 first waits for a sweep member that
+    is training this same model)."""
+    if _is_writer():
+        wait_for_writer(out)
+    return finished(ShardStore.open(out), {"model": out / "model"}) if (out / MANIFEST).exists() else None
+
+
+def _open_folder(out: Path, run_payload: dict[str, Any]) -> tuple[ShardStore | None, StageResult | None]:
+    """Rank 0's store of the train folder (held until it is finished; None on the other ranks), and the folder's
+    result if another job finished it meanwhile."""
+    check_writable(out, "paths.outputs")  # every rank: each checks the disk and writes checkpoints under it
+    if not _is_writer():
+        return None, None
+    store = ShardStore(out, "train", config_hash(run_payload), run_payload)
+    return store, finished(store, {"model": out / "model"})
+
+
+def _finish(trainer: Any, tok: Any, eot: str | None, store: ShardStore | None, stats: dict[str, Any], spec: TrainSpec,
+            key: str, base_path: str) -> None:
     """Save the model with its chat template, and make its end-of-turn token a stop token.
 
     A LoRA run saves its adapter to ``adapter/`` and the base model with the adapter merged in to ``model/``, so
-    that every later step (DPO, evaluation, vLLM) loads a plain model folder. ``stats.json`` is written last: it
-    marks the folder complete. Checkpoints exist only to resume a killed run, so they go once the model is saved
-    unless ``keep_checkpoints`` (a full-weight checkpoint holds the optimizer state too: three times the model,
-    3 GB for Gemma-3-270M in fp32, ~100 GB for an 8B model)."""
+    that every later step (DPO, evaluation, vLLM) loads a plain model folder. The folder is then marked finished
+    (``common.finish``: stats, then the manifest's flag). Checkpoints exist only to resume a killed run, so they
+    go once the model is saved unless ``keep_checkpoints`` (a full-weight checkpoint holds the optimizer state
+    too: three times the model, 3 GB for Gemma-3-270M in fp32, ~100 GB for an 8B model)."""
+    out = Path(trainer.args.output_dir).parent
     model_dir = out / "model"
     lora = spec.lora.enabled
     trainer.save_model(str(out / "adapter" if lora else model_dir))  # on every rank: FSDP gathers the weights
@@ -244,7 +272,8 @@ def _finish(trainer: Any, tok: Any, eot: str | None, out: Path, stats: dict[str,
     gen.eos_token_id = list(dict.fromkeys(i for i in stops if i is not None))
     gen.pad_token_id = tok.pad_token_id
     gen.save_pretrained(str(model_dir))
-    (out / "stats.json").write_text(json.dumps(stats, indent=1))
+    assert store is not None, "rank 0 holds the train folder's store"
+    finish(store, stats, {"model": model_dir}, records=stats["rows"])
     if not spec.keep_checkpoints and (out / "checkpoints").is_dir():
         shutil.rmtree(out / "checkpoints")
 
@@ -279,11 +308,13 @@ def run_sft(cfg: MagpieConfig, upstream: str | None = None) -> StageResult:
     key_in, rows = load_sft_rows(cfg, upstream)
     if not rows:
         raise ConfigError("sft: the curated dataset is empty; loosen the curate recipe (curate=none) or generate more")
-    out = folder(cfg, "sft", key_in)
-    if (out / "model" / "config.json").exists() and (out / "stats.json").exists():
-        log.info("cache hit: SFT model %s", out / "model")
-        return StageResult(out, json.loads((out / "stats.json").read_text()), {"model": str(out / "model")}, True)
-    check_writable(out, "paths.outputs")
+    run_payload = payload(cfg, "sft", key_in)
+    out = stage_folder(cfg, "train", run_payload)
+    if hit := _trained(out):
+        return hit
+    store, hit = _open_folder(out, run_payload)
+    if hit:
+        return hit
     model_path = resolve_model(spec.base_model, Path(cfg.paths.cache_dir), key="sft.base_model")
     _check_disk(out, model_path, spec, "sft")
     tok, eot = prepare_tokenizer(model_path, spec, "sft")
@@ -304,17 +335,17 @@ def run_sft(cfg: MagpieConfig, upstream: str | None = None) -> StageResult:
         trainer.train(resume_from_checkpoint=resume)
     stats = _stats(trainer, spec, time.perf_counter() - start, len(rows),
                    {"base_model": spec.base_model, "chat_template": spec.chat_template, "resumed_from": resume})
-    _finish(trainer, tok, eot, out, stats, spec, "sft", model_path)
+    _finish(trainer, tok, eot, store, stats, spec, "sft", model_path)
     return StageResult(out, stats, {"model": str(out / "model")}, False)
 
 
-def _dpo_start(cfg: MagpieConfig, upstream: str | None, init: str | None) -> tuple[Path, str]:
-    """The DPO run's stage folder and the model it starts from (which must exist)."""
+def _dpo_start(cfg: MagpieConfig, upstream: str | None, init: str | None) -> tuple[dict[str, Any], str]:
+    """The DPO run's payload (which names its folder) and the model it starts from (which must exist)."""
     start = dpo_init(cfg, init)
     if not (init or cfg.dpo.init_from) and not (Path(start) / "config.json").exists():
         raise ConfigError(f"dpo.init_from is null and this config's SFT model '{start}' does not exist; run `magpie-exp "
                           "stage=train trainer=sft` with the same config first, or set dpo.init_from=<model folder>")
-    return folder(cfg, "dpo", upstream=upstream, init=start), start
+    return payload(cfg, "dpo", upstream=upstream, init=start), start
 
 
 def run_dpo(cfg: MagpieConfig, upstream: str | None = None, init: str | None = None) -> StageResult:
@@ -323,14 +354,16 @@ def run_dpo(cfg: MagpieConfig, upstream: str | None = None, init: str | None = N
     from trl import DPOConfig, DPOTrainer
 
     spec = cfg.dpo
-    out, init_path = _dpo_start(cfg, upstream, init)
-    if (out / "model" / "config.json").exists() and (out / "stats.json").exists():
-        log.info("cache hit: DPO model %s", out / "model")
-        return StageResult(out, json.loads((out / "stats.json").read_text()), {"model": str(out / "model")}, True)
+    run_payload, init_path = _dpo_start(cfg, upstream, init)
+    out = stage_folder(cfg, "train", run_payload)
+    if hit := _trained(out):
+        return hit
     rows = load_dpo_rows(cfg, upstream)
     if not rows:
         raise ConfigError("dpo: no preference pairs; run the pair stage (or lower pair.min_margin)")
-    check_writable(out, "paths.outputs")
+    store, hit = _open_folder(out, run_payload)
+    if hit:
+        return hit
     _check_disk(out, init_path, spec, "dpo")
     tok, _ = prepare_tokenizer(init_path, spec, "dpo")
     eot = next((e for t, e in CHAT_TEMPLATES.values() if t == tok.chat_template), None)
@@ -347,7 +380,7 @@ def run_dpo(cfg: MagpieConfig, upstream: str | None = None, init: str | None = N
     with _random_dataset_fingerprints():
         trainer.train(resume_from_checkpoint=resume)
     stats = _stats(trainer, spec, time.perf_counter() - start, len(rows), {"init_from": init_path, "resumed_from": resume})
-    _finish(trainer, tok, eot, out, stats, spec, "dpo", init_path)
+    _finish(trainer, tok, eot, store, stats, spec, "dpo", init_path)
     return StageResult(out, stats, {"model": str(out / "model")}, False)
 
 
