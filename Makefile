@@ -25,7 +25,7 @@ run: $(STAMP)
 	$(VENV)/bin/magpie-exp $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=25 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_generate.py $(ARGS)

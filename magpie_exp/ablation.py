@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from magpie_exp.evaluation.tables import HEADLINE
+from magpie_exp.files import read_json
 
 BOOTSTRAP_ROUNDS = 1000
 
@@ -25,13 +26,6 @@ class Point:
     settings: dict[str, str]
     values: dict[str, float] = field(default_factory=dict)
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
-
-
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def bootstrap_interval(values: list[float], seed: int = 0, rounds: int = BOOTSTRAP_ROUNDS) -> tuple[float, float] | None:
@@ -79,8 +73,8 @@ def job_point(overrides: list[str], pipeline: dict[str, Any], seed: int = 0) -> 
                 interval = bootstrap_interval(_item_values(steps[f"evaluate:{label}"], bench), seed)
                 if interval:
                     point.intervals[name] = interval
-    curated = _json(steps["curate"] / "stats.json") if "curate" in steps else {}
-    tagged = _json(steps["tag"] / "stats.json") if "tag" in steps else {}
+    curated = read_json(steps["curate"] / "stats.json") if "curate" in steps else {}
+    tagged = read_json(steps["tag"] / "stats.json") if "tag" in steps else {}
     div = curated.get("diversity") or tagged.get("diversity") or {}
     for name, value in (("data: kept records", curated.get("kept")), ("data: distinct-2", div.get("distinct_2")),
                         ("data: Vendi score", div.get("vendi_score")),

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from magpie_exp import __version__
+from magpie_exp.files import read_json
 
 PARQUET = "data/train-00000-of-00001.parquet"  # the Hub's layout: data/<split>-<shard>-of-<shards>.parquet
 SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -24,24 +25,17 @@ LICENSE_NOTE = ("Set the license before publishing: outputs of a model are bound
                 "Llama 3 Community License or Gemma's terms); `license: other` is a placeholder.")
 
 
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def upstream_chain(stage_dir: Path) -> dict[str, dict[str, Any]]:
     """stage -> {"folder", "manifest", "stats"} for ``stage_dir`` and the stage folders it was made from (through
     the manifests' ``input`` keys, ``<stage>:<hash>``); a file input ends the chain."""
     chain: dict[str, dict[str, Any]] = {}
     folder: Path | None = stage_dir
     while folder is not None and (folder / "manifest.json").exists():
-        manifest = _json(folder / "manifest.json")
+        manifest = read_json(folder / "manifest.json")
         stage = manifest.get("config", {}).get("stage") or folder.parent.name
         if stage in chain:
             break
-        chain[stage] = {"folder": folder, "manifest": manifest, "stats": _json(folder / "stats.json")}
+        chain[stage] = {"folder": folder, "manifest": manifest, "stats": read_json(folder / "stats.json")}
         key = manifest.get("config", {}).get("input")
         if not isinstance(key, str) or ":" not in key or key.startswith("file:"):
             if isinstance(key, str):

@@ -41,9 +41,21 @@ def _faiss():
     return faiss
 
 
+@dataclass(frozen=True)
+class IndexParams:
+    """The approximate indexes' settings (``tag.dedup``): IVF's cells (``nlist``; None = sqrt(n)) and cells searched
+    per query (``nprobe``); HNSW's links per node (``hnsw_m``) and search breadth (``ef_search``)."""
+
+    nlist: int | None = None
+    nprobe: int = 4
+    hnsw_m: int = 32
+    ef_search: int = 64
+
+
 def build_index(vectors: np.ndarray, kind: str = "auto", exact_max: int = 200_000, device: str = "cpu",
-                nprobe: int = 32, hnsw_m: int = 32):  # noqa: ANN201 - a faiss.Index
-    """An inner-product index over ``vectors``: flat (exact) up to ``exact_max``, else IVF; HNSW by request."""
+                params: IndexParams = IndexParams()):  # noqa: ANN201, B008 - a faiss.Index; the default is frozen
+    """An inner-product index over ``vectors``: flat (exact) up to ``exact_max``, else IVF; HNSW by request. IVF's
+    k-means is trained on at most 256 vectors per cell (FAISS's own sample), not on all of them."""
     faiss = _faiss()
     n, dim = vectors.shape
     if kind == "auto":
@@ -51,13 +63,13 @@ def build_index(vectors: np.ndarray, kind: str = "auto", exact_max: int = 200_00
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
     elif kind == "ivf":
-        nlist = max(1, min(int(4 * math.sqrt(n)), n // 39 or 1))
+        nlist = max(1, min(params.nlist or int(math.sqrt(n)), n // 39 or 1))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
         index.train(vectors)
-        index.nprobe = min(nprobe, nlist)
+        index.nprobe = min(params.nprobe, nlist)
     elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efSearch = max(64, nprobe * 4)
+        index = faiss.IndexHNSWFlat(dim, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = params.ef_search
     else:
         raise ValueError(f"dedup.index must be auto, flat, ivf or hnsw; got {kind!r}")
     if device == "cuda":  # same index on every visible GPU (faiss-gpu)
@@ -67,7 +79,8 @@ def build_index(vectors: np.ndarray, kind: str = "auto", exact_max: int = 200_00
 
 
 def neighbour_stats(vectors: np.ndarray, threshold: float = 0.05, kind: str = "auto", exact_max: int = 200_000,
-                    device: str = "cpu", batch_size: int = 16_384, approx_k: int = 64) -> NeighbourStats:
+                    device: str = "cpu", batch_size: int = 16_384, approx_k: int = 64,
+                    params: IndexParams = IndexParams()) -> NeighbourStats:  # noqa: B008 - frozen
     """Min-neighbour distance, repeat count and near-duplicate pairs of unit ``vectors`` (n, dim)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n = len(vectors)
@@ -75,7 +88,7 @@ def neighbour_stats(vectors: np.ndarray, threshold: float = 0.05, kind: str = "a
         return NeighbourStats(np.zeros(0, np.float32), np.zeros(0, np.int64), [], "none")
     if n == 1:
         return NeighbourStats(np.full(1, np.inf, np.float32), np.zeros(1, np.int64), [], "none")
-    index, kind = build_index(vectors, kind, exact_max, device)
+    index, kind = build_index(vectors, kind, exact_max, device, params)
     min_sim = 1.0 - threshold / 2.0  # d < threshold  <=>  cos > 1 - threshold / 2
     nearest = np.empty(n, np.float32)
     candidates: list[np.ndarray] = []

@@ -3,8 +3,9 @@ filtered by tag, searched by text, each conversation (with its reasoning, where 
 click, with the drop reason of each rejected record.
 
 Bounded: the first ``KEPT_LIMIT`` curated records and the first ``DROPPED_LIMIT`` rejected ones (their full
-conversations read from the tag folder they were curated from); the page says when it shows fewer than there
-are. Without a curate step the explorer shows the tagged (or generated) records. The view's state lives in the
+conversations read from the tag folder they were curated from), each turn's text and reasoning cut at
+``TEXT_LIMIT`` characters with a marker saying how much more there is (a set of long reasoning traces would
+otherwise make a page of hundreds of MB); the page says when it shows fewer records than there are. Without a curate step the explorer shows the tagged (or generated) records. The view's state lives in the
 address (``report.html#q=...&quality=good&open=<id>``), so a filtered view can be bookmarked or shared.
 """
 
@@ -19,17 +20,24 @@ from magpie_exp.shards import ShardStore
 
 KEPT_LIMIT = 3000
 DROPPED_LIMIT = 1000
+TEXT_LIMIT = 6000  # characters of one turn's content (and of its reasoning) on the page; the export has all
 # filters shown where the records have the field: (tag, label)
 FILTERS = [("input_quality", "quality"), ("difficulty", "difficulty"), ("task_category", "category"),
            ("safety", "safety"), ("language", "language"), ("contaminated", "contaminated")]
 COLUMNS = ["input_quality", "difficulty", "task_category", "safety", "language", "reward"]
 
 
+def _cut(text: str) -> str:
+    if len(text) <= TEXT_LIMIT:
+        return text
+    return f"{text[:TEXT_LIMIT]}\n[... {len(text) - TEXT_LIMIT} more characters, in the stage's export]"
+
+
 def _row(record: dict[str, Any], status: str, reason: str | None) -> dict[str, Any]:
     tags = {k: v for k, v in (record.get("tags") or {}).items()
             if isinstance(v, (str, int, float, bool)) or v is None}
-    messages = [{"role": m.get("role"), "content": m.get("content") or "",
-                 **({"reasoning": m["reasoning_content"]} if m.get("reasoning_content") else {})}
+    messages = [{"role": m.get("role"), "content": _cut(m.get("content") or ""),
+                 **({"reasoning": _cut(m["reasoning_content"])} if m.get("reasoning_content") else {})}
                 for m in record.get("messages") or []]
     return {"id": record.get("id"), "status": status, "reason": reason, "messages": messages, "tags": tags}
 

@@ -1,12 +1,26 @@
-"""File helpers every layer shares (no project imports): one file digest, atomic writes, and stable seeds."""
+"""File helpers every layer shares (no project imports): one file digest, atomic writes, reading a stage's JSON
+facts, and stable seeds."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A stage folder's JSON facts (stats, scores, manifest) for a page or a card: {} when the file is absent (a
+    step that did not run), {} with a warning naming the file when it cannot be read."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        logging.getLogger(__name__).warning("cannot read %s (%s); left out", path, exc)
+        return {}
 
 
 def file_digest(path: Path, length: int | None = None, limit_bytes: int | None = None, with_size: bool = False) -> str:

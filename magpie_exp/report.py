@@ -18,6 +18,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from magpie_exp.files import read_json
+
 log = logging.getLogger(__name__)
 
 CSS = """
@@ -65,10 +67,7 @@ def _img(path: Path, caption: str) -> str:
 
 
 def _stats(folder: str | None) -> dict[str, Any]:
-    if not folder:
-        return {}
-    path = Path(folder) / "stats.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(Path(folder) / "stats.json") if folder else {}
 
 
 def _markdown_table(text: str) -> str:

@@ -38,15 +38,6 @@ def pytest_sessionstart(session) -> None:
                                              stderr=subprocess.STDOUT, start_new_session=True))
 
 
-def pytest_collection_modifyitems(config, items) -> None:
-    """Under ``pytest -n 2 --dist loadgroup`` (the README's test command) every real-model test runs on one worker,
-    in order, sharing one engine per model as in a serial run, while the fast tests fill the other worker: the
-    real-model tests leave a core idle much of the time (start-ups, tokenizing, single-threaded Python)."""
-    for item in items:
-        if item.get_closest_marker("slow"):
-            item.add_marker(pytest.mark.xdist_group("real-models"))
-
-
 def pytest_sessionfinish(session, exitstatus) -> None:
     for proc in _PREWARM:  # a short session does not leave a conversion running (an unfinished one is redone)
         if proc.poll() is None:

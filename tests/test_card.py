@@ -195,3 +195,17 @@ def test_the_report_explorer_filters_searches_and_opens_a_dropped_record_in_chro
     assert f"dropped: {html.escape(target['reason'])}" in dom and "An answer" in dom  # the conversation, read from the tag folder
     kept = shown(chromium_dom(f"{page.as_uri()}#status=kept", tmp_path))
     assert len(kept) == curated.stats["kept"]
+
+
+def test_the_explorer_cuts_long_turns_and_says_how_much_is_left_out() -> None:
+    """A long reasoning trace or answer is cut on the page (not in the data) with the count of what is left out."""
+    from magpie_exp.explorer import TEXT_LIMIT, _row
+
+    long = "x" * (TEXT_LIMIT + 123)
+    row = _row({"id": "r", "messages": [{"role": "user", "content": "short"},
+                                        {"role": "assistant", "content": long, "reasoning_content": long}]}, "kept", None)
+    user, answer = row["messages"]
+    assert user["content"] == "short"
+    for text in (answer["content"], answer["reasoning"]):
+        kept, _, marker = text.partition("\n")
+        assert kept == "x" * TEXT_LIMIT and marker.startswith("[... 123 more characters")

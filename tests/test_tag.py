@@ -169,6 +169,8 @@ def test_tag_resumes_after_losing_work_and_reuses_when_complete(tmp_path: Path, 
         (["tag.taggers=[quality]", "tag.judge=null"], "need a judge but tag.judge is null"),
         (["tag.taggers=[base_reward]"], "without reward"),
         (["tag.dedup.threshold=5"], "in \\(0, 4\\]"),
+        (["tag.dedup.nprobe=0"], "tag.dedup.nprobe must be >= 1; got 0"),
+        (["tag.dedup.nlist=0"], "tag.dedup.nlist must be >= 1 IVF cells or null"),
     ],
 )
 def test_bad_tag_config(overrides: list[str], message: str) -> None:

@@ -141,12 +141,13 @@ class TagStage:
         path = self.stage_dir / "dedup.json"
         if path.exists():
             return json.loads(path.read_text())
-        from magpie_exp.dedup import choose_keepers, clusters, neighbour_stats
+        from magpie_exp.dedup import IndexParams, choose_keepers, clusters, neighbour_stats
 
         d = self.cfg.tag.dedup
         ids, vectors = self.load_vectors()
         start = time.perf_counter()
-        stats = neighbour_stats(vectors, d.threshold, d.index, d.exact_max, d.device)
+        stats = neighbour_stats(vectors, d.threshold, d.index, d.exact_max, d.device,
+                                params=IndexParams(d.nlist, d.nprobe, d.hnsw_m, d.ef_search))
         labels = clusters(len(ids), stats.pairs)
         partial = {t.name: self.part(t.name) for t in self.taggers if t.name in ("reward", "quality", "difficulty")}
         tags: dict[str, dict[str, Any]] = {i: {} for i in ids}
@@ -330,6 +331,10 @@ def check_tag_config(cfg: MagpieConfig) -> None:
     need(0 < d.threshold <= 4, f"tag.dedup.threshold is a squared L2 distance between unit vectors, in (0, 4]; got {d.threshold}")
     need(d.index in ("auto", "flat", "ivf", "hnsw"), f"tag.dedup.index must be auto, flat, ivf or hnsw; got {d.index!r}")
     need(d.device in ("cpu", "cuda"), f"tag.dedup.device must be cpu or cuda; got {d.device!r}")
+    need(d.exact_max >= 0, f"tag.dedup.exact_max must be >= 0 records; got {d.exact_max}")
+    need(d.nlist is None or d.nlist >= 1, f"tag.dedup.nlist must be >= 1 IVF cells or null (sqrt of the records); got {d.nlist}")
+    for key, low in (("nprobe", 1), ("hnsw_m", 4), ("ef_search", 1)):
+        need(getattr(d, key) >= low, f"tag.dedup.{key} must be >= {low}; got {getattr(d, key)}")
     dc = t.decontam
     unknown_sets = [b for b in dc.benchmarks if b not in BENCHMARKS]
     need(not unknown_sets, f"tag.decontam.benchmarks has unknown set(s) {unknown_sets}; choose from {list(BENCHMARKS)} "
