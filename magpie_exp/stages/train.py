@@ -272,7 +272,8 @@ def _finish(trainer: Any, tok: Any, eot: str | None, store: ShardStore | None, s
     gen.eos_token_id = list(dict.fromkeys(i for i in stops if i is not None))
     gen.pad_token_id = tok.pad_token_id
     gen.save_pretrained(str(model_dir))
-    assert store is not None, "rank 0 holds the train folder's store"
+    if store is None:  # only rank 0 gets here (is_world_process_zero), and rank 0 opened the folder's store
+        raise RuntimeError(f"rank 0 has no store for {out}: RANK={os.environ.get('RANK')!r} disagrees with the trainer")
     finish(store, stats, {"model": model_dir}, records=stats["rows"])
     if not spec.keep_checkpoints and (out / "checkpoints").is_dir():
         shutil.rmtree(out / "checkpoints")
