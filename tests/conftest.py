@@ -38,11 +38,18 @@ def pytest_sessionstart(session) -> None:
                                              stderr=subprocess.STDOUT, start_new_session=True))
 
 
+def pytest_addoption(parser) -> None:
+    parser.addoption("--finish-conversion", action="store_true",
+                     help="at the end, wait for the background model conversion instead of stopping it (make test: "
+                          "the fast tests' session converts the models the real-model session then uses)")
+
+
 def pytest_sessionfinish(session, exitstatus) -> None:
+    wait = session.config.getoption("--finish-conversion")
     for proc in _PREWARM:  # a short session does not leave a conversion running (an unfinished one is redone)
-        if proc.poll() is None:
+        if proc.poll() is None and not wait:
             proc.terminate()
-            proc.wait(timeout=30)
+        proc.wait(timeout=None if wait else 30)
 
 
 def compose(*overrides: str):

@@ -215,6 +215,23 @@ def test_every_evaluation_profile_composes() -> None:
     assert schema().evaluation.judge_engine is None  # the embedded judge runs on the engine group
 
 
+def test_the_evaluated_model_starts_eager_only_where_the_profile_asks() -> None:
+    """evaluation=embedded (16 items) builds a trained model's vLLM engine eager; a model the run's other roles
+    already serve keeps their engine; other engines and the long profiles are left as they are."""
+    from magpie_exp.stages.evaluate import model_engine
+
+    cfg = schema()
+    trained = model_engine(cfg, "/runs/sft/model")
+    assert trained is not None and trained.enforce_eager and trained.type == "vllm"
+    assert trained == type(trained)(**{**vars(cfg.engine), "enforce_eager": True})  # nothing else changed
+    assert model_engine(cfg, cfg.generator.model) is None  # the generator's engine, shared with the judge
+    assert model_engine(schema("evaluation=full"), "/runs/sft/model") is None
+    assert model_engine(schema("engine=hf"), "/runs/sft/model") is None
+    assert model_engine(schema("engine.enforce_eager=true"), "/runs/sft/model") is None  # eager already
+    hf = model_engine(schema("engine@evaluation.model_engine=hf"), "/runs/sft/model")
+    assert hf is not None and hf.type == "hf"
+
+
 def test_missing_model_folders_are_clear_errors(tmp_path: Path) -> None:
     from magpie_exp.evaluation.candidate import resolve_candidate
     from magpie_exp.stages.keys import trained_model

@@ -236,6 +236,8 @@ def test_the_engine_runs_in_process_and_leaves_the_environment_as_it_was(vllm_en
     assert type(vllm_engine.llm.llm_engine.engine_core).__name__ == "InprocClient"
     assert "libgomp" not in os.environ.get("LD_PRELOAD", "")
     assert "VLLM_DIST_IDENT" not in os.environ and os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0"
+    # and decodes at most 128 sequences at a time, the CPU default (engine.max_num_seqs: null)
+    assert vllm_engine.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs == 128
 
 
 def test_closing_a_second_engine_leaves_the_first_working(vllm_engine, smollm2_dir) -> None:

@@ -59,7 +59,7 @@ class EngineConfig:
     cpu_kv_cache_gib: int = 2  # vllm on CPU (whole GiB)
     cpu_cores: int | None = None  # vllm on CPU: bind cores 0..N-1 (null = all cores)
     gpu_memory_utilization: float = 0.9  # vllm on GPU
-    max_num_seqs: int | None = None  # vllm
+    max_num_seqs: int | None = None  # vllm: null = 128 on CPU (engines/vllm_engine.py), vLLM's default on GPU
     batch_size: int = 64  # hf
     num_threads: int = 1  # hf: torch threads
     base_urls: list[str] = field(default_factory=list)  # openai
@@ -334,6 +334,7 @@ class EvaluationConfig:
     judge: GeneratorConfig | None = None  # judge model for mt_bench, alpaca_eval, arena_hard
     judge_engine: EngineConfig | None = None  # null = the engine group; e.g. engine@evaluation.judge_engine=openai
     model_engine: EngineConfig | None = None  # the evaluated model's engine; null = the engine group
+    eager: bool = False  # vllm: the evaluated model's engine skips compilation (short evaluations: benchmarks/bench_eager.py)
     judge_max_tokens: int = 512
     reask: bool = True  # a reply without a verdict is asked once more for the verdict alone (constrained where possible)
     bootstrap_rounds: int = 100  # arena_hard confidence interval

@@ -28,6 +28,7 @@ the judge model, prompt version and sampling.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from magpie_exp import __version__
-from magpie_exp.config import MagpieConfig, as_plain, need, validate_engine
+from magpie_exp.config import EngineConfig, MagpieConfig, as_plain, need, validate_engine
 from magpie_exp.console import Progress
 from magpie_exp.engines import Engine, SamplingSpec
 from magpie_exp.engines.pool import EnginePool
@@ -92,6 +93,18 @@ def check_evaluation_config(cfg: MagpieConfig) -> None:
                                        f"evaluation.lm_eval.tasks {ev.lm_eval.tasks}; add it there or remove the entry")
 
 
+def model_engine(cfg: MagpieConfig, spec: str) -> EngineConfig | None:
+    """The evaluated model's engine config (None: the engine group): ``evaluation.model_engine``, made eager when
+    ``evaluation.eager`` asks (vLLM, a model no engine of the run's other roles already serves: that one is
+    reused as it is)."""
+    ev = cfg.evaluation
+    chosen = ev.model_engine or cfg.engine
+    served = {g.model for g in (cfg.generator, cfg.response_generator, cfg.tag.judge, ev.judge) if g is not None}
+    if ev.eager and chosen.type == "vllm" and not chosen.enforce_eager and spec not in served:
+        return dataclasses.replace(chosen, enforce_eager=True)
+    return ev.model_engine
+
+
 # -- the stage --------------------------------------------------------------------------------------------------
 
 
@@ -110,7 +123,8 @@ class EvaluateStage:
                       for b in self.ev.benchmarks if b in LOADERS}
         self.judge_prompts = mt_bench_judge_prompts(self.ev.data_dir, self.cache_dir) if "mt_bench" in self.ev.benchmarks else {}
         self._chat_cls = ChatModel
-        self.model_engine = self.ev.model_engine or cfg.engine
+        self.model_engine_cfg = model_engine(cfg, self.cand.spec)
+        self.model_engine = self.model_engine_cfg or cfg.engine
         self.model: Any = None
         self.judge_chat: Any = None
         self.seconds: Counter = Counter()
@@ -126,7 +140,7 @@ class EvaluateStage:
     def candidate(self) -> Any:
         if self.model is None:
             gen = candidate_generator(self.cand, self.cfg.evaluation)
-            self.model = self._chat_cls("evaluation.model", gen, self.pool, engine_cfg=self.ev.model_engine)
+            self.model = self._chat_cls("evaluation.model", gen, self.pool, engine_cfg=self.model_engine_cfg)
             self.stop_ids = tuple(dict.fromkeys(eos_ids(self.model.tokenizer, self.model.model_path)))
         return self.model
 
