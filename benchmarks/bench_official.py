@@ -69,7 +69,7 @@ def step_ins(args: argparse.Namespace, outputs: Path, out_file: Path) -> dict:
     gen = cfg.generator
     params = SamplingParams(n=args.n, temperature=gen.instruction.temperature, top_p=gen.instruction.top_p,
                             max_tokens=gen.instruction.max_tokens, skip_special_tokens=True,
-                            stop=list(side.instruction_stops.strings) + (["\n"] if gen.single_line else []) or None,
+                            stop=list(gen.stop_strings) + list(side.instruction_stops.strings) + (["\n"] if gen.single_line else []) or None,
                             stop_token_ids=list(side.instruction_stops.token_ids) or None)
     prompt = TokensPrompt(prompt_token_ids=side.prefix(None)[1])
     rows, tokens, start = [], 0, time.perf_counter()
