@@ -43,6 +43,14 @@ def engine_identity(cfg: MagpieConfig, gen: GeneratorConfig, engine_cfg: EngineC
                        gen.tensor_parallel_size, gen.trust_remote_code, cfg.seed], sort_keys=True)
 
 
+def shared_models(cfg: MagpieConfig) -> list[GeneratorConfig]:
+    """The models several steps of a run use on the engine group: generator, response generator, tag judge and
+    guard, and the evaluation judge unless it has an engine of its own."""
+    ev = cfg.evaluation
+    models = [cfg.generator, cfg.response_generator, cfg.tag.judge, cfg.tag.guard, ev.judge if ev.judge_engine is None else None]
+    return [g for g in models if g is not None]
+
+
 def lend_engine(cfg: MagpieConfig, gen: GeneratorConfig, engine: Engine) -> None:
     """Offer an engine the caller owns (a test session's, a notebook's) to every later pipeline run in this process."""
     key = engine_identity(cfg, gen)
@@ -84,12 +92,9 @@ class EnginePool:
         # lent engines by model spec, or by role ("generator" / "response_generator": two engines of one model)
         self.given = dict(given or {})
         self.built: dict[str, Engine] = {}  # identity -> engine this pool started or took from the kept ones
-        ev = cfg.evaluation
-        models = [cfg.generator, cfg.response_generator, cfg.tag.judge, cfg.tag.guard,
-                  ev.judge if ev.judge_engine is None else None]
         # the pipeline's pool holds the engines of the models several steps share until it closes them itself
         # (before training, at the end); a stage's release closes the others (an evaluated model, a base model)
-        self.shared = {engine_identity(cfg, g) for g in models if g is not None} if pipeline else set()
+        self.shared = {engine_identity(cfg, g) for g in shared_models(cfg)} if pipeline else set()
         # and on keep (the pipeline on CPU) those engines outlive the run, for the next job in this process
         self.keep = self.shared if keep else set()
 

@@ -39,7 +39,7 @@ from magpie_exp import __version__
 from magpie_exp.config import EngineConfig, MagpieConfig, as_plain, need, validate_engine
 from magpie_exp.console import Progress
 from magpie_exp.engines import Engine, SamplingSpec
-from magpie_exp.engines.pool import EnginePool
+from magpie_exp.engines.pool import EnginePool, shared_models
 from magpie_exp.evaluation.data import LOADERS, MT_BENCH_TEMPERATURE, mt_bench_judge_prompts, subset
 from magpie_exp.files import stable_seed
 from magpie_exp.generators import eos_ids
@@ -99,8 +99,7 @@ def model_engine(cfg: MagpieConfig, spec: str) -> EngineConfig | None:
     reused as it is)."""
     ev = cfg.evaluation
     chosen = ev.model_engine or cfg.engine
-    served = {g.model for g in (cfg.generator, cfg.response_generator, cfg.tag.judge, ev.judge) if g is not None}
-    if ev.eager and chosen.type == "vllm" and not chosen.enforce_eager and spec not in served:
+    if ev.eager and chosen.type == "vllm" and not chosen.enforce_eager and spec not in {g.model for g in shared_models(cfg)}:
         return dataclasses.replace(chosen, enforce_eager=True)
     return ev.model_engine
 
