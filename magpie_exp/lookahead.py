@@ -6,13 +6,22 @@ tokenizers and counters are never shared across threads and the forecast is the 
 has asked for its next answers or finished, their requests go to the engine as one call per engine. Nothing the
 look-ahead makes is kept but the engine's answers, keyed by the exact seeded request; the shards are then made in
 order exactly as without it, and a request the look-ahead did not foresee goes to the engine then.
+
+With an engine that takes calls from several threads (a Ray cluster, a server pool), ``generate.waves_in_flight``
+waves are drawn at once, each in its own thread, while the shards of the oldest are made and written: the
+engine gets the next wave's requests while the last answers of this one decode, instead of waiting at the end of
+every call for its slowest answer. The look-ahead of a later wave counts the ids an earlier wave's look-ahead
+accepted as seen; a forecast that still misses only costs an engine call in the real pass.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from magpie_exp.engines import Completion, Request
@@ -44,12 +53,49 @@ def waves(plans: Sequence[Plan], engine_batch: int) -> list[list[Any]]:
     return out
 
 
+class BusyClock:
+    """Seconds during which at least one engine call was running (overlapping calls count once), and the tokens
+    they made; ``with clock:`` around each call, from any thread."""
+
+    def __init__(self) -> None:
+        self._lock, self._running, self._since, self._seconds, self.tokens = threading.Lock(), 0, 0.0, 0.0, 0
+
+    def __enter__(self) -> BusyClock:
+        with self._lock:
+            if not self._running:
+                self._since = time.perf_counter()
+            self._running += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._running -= 1
+            if not self._running:
+                self._seconds += time.perf_counter() - self._since
+
+    def count(self, tokens: int) -> int:
+        """Add ``tokens``; the total so far."""
+        with self._lock:
+            self.tokens += tokens
+            return self.tokens
+
+    def seconds(self) -> float:
+        with self._lock:
+            return self._seconds + (time.perf_counter() - self._since if self._running else 0.0)
+
+
 class LookAhead:
-    """The answers drawn ahead for the shards being made, and where a look-ahead thread sends its engine calls."""
+    """The answers drawn ahead for the shards being made, and where a look-ahead thread sends its engine calls.
+
+    Waves may be in flight together (:meth:`wave` in other threads while the shards of an earlier wave are made
+    and written): ``turn`` is held by whichever thread runs stage code (a look-ahead step, or the making of a shard
+    for real), so tokenizers and counters are still used by one thread at a time; only the engine calls overlap.
+    """
 
     def __init__(self) -> None:
         self.memo: dict[tuple, list[Completion]] = {}
         self.local = threading.local()  # .ask, set in a look-ahead thread
+        self.turn = threading.RLock()
 
     def answers(self, side: Any, requests: list[Request], engine_call: EngineCall) -> list[list[Completion]]:
         """The answers to ``requests``: drawn ahead where they could be, from ``engine_call`` otherwise (or, in a
@@ -62,13 +108,90 @@ class LookAhead:
         drawn = dict(zip(missing, engine_call(side, [requests[i] for i in missing]), strict=True)) if missing else {}
         return [drawn[i] if i in drawn else self.memo[key] for i, key in enumerate(keys)]
 
-    def run_wave(self, plans: Sequence[Plan], seen: set[str], make_shard: Callable[[Any, Any], Any],
-                 engine_call: EngineCall) -> None:
-        """Make ``plans`` side by side once (``make_shard(plan, seen)``), keeping every engine answer."""
-        _Wave(self, plans, seen, make_shard, engine_call).run()
+    def wave(self, plans: Sequence[Plan], seen: set[str], make_shard: Callable[[Any, Any], Any],
+             engine_call: EngineCall, earlier: Sequence[Wave] = ()) -> Wave:
+        """A wave of ``plans`` to make side by side once (``make_shard(plan, seen)``) by :meth:`Wave.run`.
 
-    def forget(self) -> None:
-        self.memo.clear()
+        ``earlier``: waves still in flight before it, whose shards are not written yet; the ids their look-ahead
+        accepted count as seen, as they will be by the time this wave's shards are made for real."""
+        return Wave(self, plans, seen, make_shard, engine_call, earlier)
+
+    def make(self, todo: Sequence[Sequence[Plan]], seen: set[str], make_shard: Callable[[Any, Any], Any],
+             engine_call: EngineCall, write: Callable[[Any, Any, dict[str, Any]], None], in_flight: int = 1,
+             expect: Callable[[int], None] | None = None) -> None:
+        """Make every shard of the waves ``todo`` for real, in order, in this thread, and ``write(plan, records,
+        meta)`` each; ``make_shard(plan, seen)`` returns ``(records, meta)``.
+
+        Each wave is first drawn ahead (:meth:`wave`): one wave at a time, or ``in_flight`` of them, each in a
+        thread of its own, the next started as soon as the oldest is written. ``expect(records)`` is told the
+        records of the shards in hand (the progress view's ceiling)."""
+        if in_flight <= 1:
+            for plans in todo:
+                if expect is not None:
+                    expect(sum(p.size for p in plans))
+                start = time.perf_counter()
+                if len(plans) > 1:
+                    self.wave(plans, seen, make_shard, engine_call).run()
+                self._write(plans, seen, make_shard, write, time.perf_counter() - start)
+                self.forget()
+            return
+        log.info("generate: %d wave(s), up to %d in flight (the engine takes concurrent calls)", len(todo), in_flight)
+        upcoming = iter(todo)
+        flying: deque[tuple[Sequence[Plan], Wave, Future]] = deque()
+        threads = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="generate-wave")
+
+        def launch() -> None:
+            plans = next(upcoming, None)
+            if plans is not None:
+                wave = self.wave(plans, seen, make_shard, engine_call, [w for _, w, _ in flying])
+                flying.append((plans, wave, threads.submit(wave.run)))
+
+        try:
+            for _ in range(in_flight):
+                launch()
+            while flying:
+                plans, wave, drawn = flying[0]
+                if expect is not None:
+                    expect(sum(p.size for ps, _, _ in flying for p in ps))
+                start = time.perf_counter()
+                drawn.result()
+                flying.popleft()
+                self._write(plans, seen, make_shard, write, time.perf_counter() - start)
+                self.forget(wave)
+                launch()
+        finally:
+            for _, wave, _ in flying:
+                wave.cancel()
+            threads.shutdown(wait=False, cancel_futures=True)
+
+    def _write(self, plans: Sequence[Plan], seen: set[str], make_shard: Callable[[Any, Any], Any],
+               write: Callable[[Any, Any, dict[str, Any]], None], ahead_seconds: float) -> None:
+        """Make a wave's shards for real, in order, and write each; its seconds include its share of the time
+        this thread waited for the wave's look-ahead."""
+        per_record = ahead_seconds / sum(p.size for p in plans)
+        for plan in plans:
+            with self.turn:
+                records, meta = make_shard(plan, seen)
+            meta["seconds"] = round(meta["seconds"] + per_record * plan.size, 3)
+            write(plan, records, meta)
+
+    def forget(self, wave: Wave | None = None) -> None:
+        """Drop the answers drawn for ``wave`` (its shards are written), or all of them."""
+        if wave is None:
+            self.memo.clear()
+        else:
+            for key in wave.keys:
+                self.memo.pop(key, None)
+
+
+class _Seen:
+    """Membership in any of several id sets (the ids accepted before a wave, and by the waves still in flight)."""
+
+    def __init__(self, *sets: Any) -> None:
+        self.sets = sets
+
+    def __contains__(self, rid: object) -> bool:
+        return any(rid in ids for ids in self.sets)
 
 
 class _AheadSeen:
@@ -88,18 +211,24 @@ class _AheadSeen:
         self.accepted[self.index].discard(rid)
 
 
-class _Wave:
+class Wave:
     """One wave: its shards in look-ahead threads stepped one at a time; their requests batched per engine."""
 
     def __init__(self, ahead: LookAhead, plans: Sequence[Plan], seen: set[str], make_shard: Callable[[Any, Any], Any],
-                 engine_call: EngineCall) -> None:
+                 engine_call: EngineCall, earlier: Sequence[Wave] = ()) -> None:
         self.ahead, self.plans, self.make_shard, self.engine_call = ahead, plans, make_shard, engine_call
-        accepted: list[set[str]] = [set() for _ in plans]
-        self.seen = [_AheadSeen(seen, accepted, i) for i in range(len(plans))]
+        self.accepted: list[set[str]] = [set() for _ in plans]  # ids each shard's look-ahead accepted
+        before = _Seen(seen, *(ids for wave in earlier for ids in wave.accepted)) if earlier else seen
+        self.seen = [_AheadSeen(before, self.accepted, i) for i in range(len(plans))]
+        self.keys: set[tuple] = set()  # the memo entries this wave drew
         self.go = [threading.Semaphore(0) for _ in plans]
         self.back = threading.Semaphore(0)
         self.asked: dict[int, tuple[Any, list[Request]]] = {}
         self.answers: dict[int, list[list[Completion]] | BaseException] = {}
+        self.cancelled = False  # set when the run stops: no more engine calls; the look-ahead threads end
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
     def ask(self, index: int, side: Any, requests: list[Request]) -> list[list[Completion]]:
         self.asked[index] = (side, list(requests))
@@ -121,9 +250,10 @@ class _Wave:
             self.back.release()
 
     def _step(self, index: int) -> None:
-        """Let thread ``index`` run until it asks again or ends."""
-        self.go[index].release()
-        self.back.acquire()
+        """Let thread ``index`` run until it asks again or ends (holding the stage's turn meanwhile)."""
+        with self.ahead.turn:
+            self.go[index].release()
+            self.back.acquire()
 
     def run(self) -> None:
         threads = [threading.Thread(target=self._shard, args=(i,), daemon=True, name=f"look-ahead-{p.name}")
@@ -139,6 +269,8 @@ class _Wave:
                 side = batch[indices[0]][0]
                 requests = [r for i in indices for r in batch[i][1]]
                 try:
+                    if self.cancelled:
+                        raise RuntimeError("the run stopped")
                     outputs = self.engine_call(side, requests)
                 except Exception as exc:  # noqa: BLE001 - handed to the asking threads, which stop
                     self.answers.update({i: exc for i in indices})
@@ -146,6 +278,7 @@ class _Wave:
                 for request, output in zip(requests, outputs, strict=True):
                     if (memo := memo_key(side, request)) is not None:
                         self.ahead.memo[memo] = output
+                        self.keys.add(memo)
                 start = 0
                 for i in indices:
                     self.answers[i] = outputs[start:start + len(batch[i][1])]

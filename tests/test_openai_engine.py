@@ -189,9 +189,40 @@ def test_pool_routes_around_a_dead_server_and_loses_no_request(caplog) -> None:
     assert time.time() - started < 10  # no back-off sleeps while a healthy server is left
 
 
+def test_calls_from_two_threads_share_engine_max_concurrency() -> None:
+    """Two calls at once (the generate stage's waves in flight) keep at most engine.max_concurrency requests at the
+    servers between them, and each gets its own answers in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg = schema("engine=openai", "engine.base_urls=[http://a:8000]", "engine.max_concurrency=3")
+    engine = OpenAIEngine(cfg.engine, cfg.generator, "x", 0)
+    assert engine.concurrent
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.01)
+        with lock:
+            running[0] -= 1
+        prompt = json.loads(request.content)["prompt"]
+        return httpx.Response(200, json={"choices": [{"index": 0, "text": f"answer {prompt[0]}", "token_ids": [1],
+                                                      "finish_reason": "stop"}]})
+
+    engine.client = httpx.Client(transport=httpx.MockTransport(handler))
+    calls = [[Request([i], SamplingSpec()) for i in range(start, start + 20)] for start in (0, 100)]
+    with ThreadPoolExecutor(2) as threads:
+        first, second = threads.map(engine.generate, calls)
+    assert [o[0].text for o in first] == [f"answer {i}" for i in range(20)]
+    assert [o[0].text for o in second] == [f"answer {i}" for i in range(100, 120)]
+    assert most[0] == 3  # three at once, not three per call
+
+
 @pytest.mark.slow
 def test_a_server_killed_mid_run_loses_no_record(vllm_servers, tmp_path, caplog) -> None:
-    """The generate stage over two real vLLM servers; one is SIGKILLed once the first shard is written."""
+    """The generate stage over two real vLLM servers, two waves in flight; one server is SIGKILLed once the first
+    shard is written."""
     (_, first), (proc, second) = vllm_servers
     try:
         cfg = schema("engine=openai", f"engine.base_urls=[{first},{second}]", "engine.served_model_name=smollm2",
@@ -213,12 +244,13 @@ def test_a_server_killed_mid_run_loses_no_record(vllm_servers, tmp_path, caplog)
 
         watcher = threading.Thread(target=kill_after_first_shard, daemon=True)
         watcher.start()
-        with caplog.at_level("WARNING"):
+        with caplog.at_level("INFO", logger="magpie_exp"):
             result = run_generate(cfg, show_progress=False)
         watcher.join(timeout=5)
     finally:
         _stop(proc)
     assert killed.is_set()
+    assert "3 wave(s), up to 2 in flight" in caplog.text  # servers take concurrent calls: two waves at once
     manifest = json.loads((result.stage_dir / "manifest.json").read_text())
     assert manifest["complete"] and len(manifest["shards"]) == 3
     records = [json.loads(x) for f in sorted((result.stage_dir / "shards").glob("*.jsonl")) for x in f.read_text().splitlines()]

@@ -125,6 +125,13 @@ def test_a_killed_actor_is_restarted_and_rejoins(smollm2_dir, monkeypatch, tmp_p
         before = dict(served)
         engine.generate(requests)  # both take chunks again
         assert all(a.chunks > before[a.slot] for a in engine.actors), (before, [a.chunks for a in engine.actors])
+        # two calls at once (the generate stage's waves in flight): the actors share out the chunks of both
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(2) as threads:
+            both = list(threads.map(engine.generate, [requests, requests[:3]]))
+        assert [len(o) for o in both[0]] == [2] * 6 and [len(o) for o in both[1]] == [2] * 3
+        assert all(c.token_count >= 1 for out in both for o in out for c in o)
         engine.close()
     finally:
         ray.shutdown()
@@ -147,21 +154,24 @@ def test_generate_tag_and_pair_on_two_ray_workers_one_killed_mid_run(tmp_path, v
     reward model ranks them in the driver) from one engine pool, one of
     them SIGKILLed on its second chunk: the chunk goes to the other actor, Ray restarts the lost one, and every
     stage ends with nothing lost or doubled. The run finishes a generate folder that the local engine left half
-    done (the executor is in no stage hash), and the shard it adds is the one the local engine wrote, byte for byte.
+    done (the executor is in no stage hash), and the two shards it adds (two waves in flight at once, as
+    generate.waves_in_flight has it on a cluster) are the ones the local engine wrote, byte for byte.
 
     Byte-identical holds for float32 engines (the session's engine is one; the actors get engine.dtype=float32): in
     bf16 a sample depends on how requests are batched, and the actors batch differently from one engine. What holds
     in bf16 as well (every record once, no loss) is asserted again by the bf16 kill-and-resume drill
     (tests/test_generate_cli.py)."""
-    gen_args = ["scale=tiny", "generate.count=4", "generate.shard_size=2", "engine.dtype=float32"]
+    gen_args = ["scale=tiny", "generate.count=6", "generate.shard_size=2", "generate.engine_batch=2",
+                "engine.dtype=float32"]
     local = run_generate(schema(*gen_args, f"paths.outputs={tmp_path / 'out'}"), engines={"generator": vllm_engine},
                          show_progress=False)
     expected = [r["messages"] for r in ShardStore.open(local.stage_dir).records()]
-    assert len(expected) == 4
+    assert len(expected) == 6
     store = ShardStore.open(local.stage_dir)
-    last = max(store.done())
-    store.shard_path(last).unlink()  # as a lost disk block or a kill before the last shard would leave it
-    assert store.verify() == [last]
+    lost = sorted(store.done())[1:]
+    for name in lost:  # as lost disk blocks or a kill before the last shards would leave them
+        store.shard_path(name).unlink()
+    assert sorted(store.verify()) == lost
 
     once = tmp_path / "actor-killed"
     args = [*gen_args, "executor=ray", "pipeline.stages=[generate,tag,curate,pair]",
@@ -177,7 +187,8 @@ def test_generate_tag_and_pair_on_two_ray_workers_one_killed_mid_run(tmp_path, v
     assert "cores 0-0" in log and "cores 1-1" in log  # each actor's vLLM on its own core
     assert "is lost (" in log and "its chunk goes to another worker" in log
     assert "gone for good" not in log  # Ray restarts it (whether it is back before the run ends is a matter of time)
-    assert "1 shard(s) to do" in log  # the local run's first shard was kept
+    assert "2 shard(s) to do" in log  # the local run's first shard was kept
+    assert "2 wave(s), up to 2 in flight" in log  # the two shards left were drawn at once, one wave each
     assert [r["messages"] for r in ShardStore.open(local.stage_dir).records()] == expected
 
     pipeline = json.loads((tmp_path / "runs" / "ray" / "pipeline.json").read_text())
@@ -185,7 +196,7 @@ def test_generate_tag_and_pair_on_two_ray_workers_one_killed_mid_run(tmp_path, v
     stages = tmp_path / "out" / "stages"
     gen_ids = _ids(local.stage_dir)
     tag_dir = next((stages / "tag").iterdir())
-    assert sorted(_ids(tag_dir)) == sorted(gen_ids) and len(set(gen_ids)) == 4
+    assert sorted(_ids(tag_dir)) == sorted(gen_ids) and len(set(gen_ids)) == 6
     assert all(r["tags"].get("safety") in ("safe", "unsafe") or r["tags"].get("errors")
                for r in ShardStore.open(tag_dir).records())
     pair_dir = next((stages / "pair").iterdir())

@@ -114,6 +114,8 @@ def validate(cfg: MagpieConfig) -> MagpieConfig:
     need(g.samples_per_request >= 1, f"generate.samples_per_request must be >= 1; got {g.samples_per_request}")
     need(g.shard_size >= 1, f"generate.shard_size must be >= 1; got {g.shard_size}")
     need(g.engine_batch >= 1, f"generate.engine_batch must be >= 1 (records per engine call); got {g.engine_batch}")
+    need(g.waves_in_flight >= 1, f"generate.waves_in_flight must be >= 1 (waves drawn at once; 1 = one at a time); "
+                                 f"got {g.waves_in_flight}")
     need(g.oversample >= 1.0, f"generate.oversample must be >= 1.0; got {g.oversample}")
     need(g.max_rounds >= 1, f"generate.max_rounds must be >= 1; got {g.max_rounds}")
     if g.grid:

@@ -75,6 +75,9 @@ class Engine(ABC):
     """A text generator over token-id prompts."""
 
     info: EngineInfo
+    # True when ``generate`` may be called from several threads at once and gains from it (the calls share a
+    # server's or a cluster's batches): the generate stage then keeps ``generate.waves_in_flight`` waves going
+    concurrent: bool = False
 
     @abstractmethod
     def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:

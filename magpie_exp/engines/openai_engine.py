@@ -3,7 +3,8 @@
 Magpie needs raw completions (no server-side chat template), so this speaks the completions endpoint with
 token-id prompts and vLLM's extra fields (``stop_token_ids``, ``skip_special_tokens``, ``return_token_ids``,
 ``vllm_xargs`` for the first-token ban). Requests are spread round-robin over ``engine.base_urls`` with at most
-``engine.max_concurrency`` in flight. A server that fails (connection refused or reset, time-out, 5xx, 429) is
+``engine.max_concurrency`` in flight, across every call in progress (calls may come from several threads: the
+generate stage keeps ``generate.waves_in_flight`` waves going on servers). A server that fails (connection refused or reset, time-out, 5xx, 429) is
 taken out of the rotation for a cool-down that doubles with each failure (2 s up to 60 s) and the request goes at
 once to the next healthy server; only when every server is cooling down does a request wait. So one server dying
 mid-run loses no request and slows the run only by its share of the work; a server that comes back rejoins after
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 
 
 class OpenAIEngine(Engine):
+    concurrent = True  # one client, thread-safe; the servers batch the requests of every call together
+
     def __init__(self, cfg: EngineConfig, generator: GeneratorConfig, model_path: str, seed: int) -> None:
         if not cfg.base_urls:
             raise ValueError("engine.base_urls is empty; give at least one server, e.g. engine.base_urls=[http://127.0.0.1:8000]")
@@ -52,6 +55,8 @@ class OpenAIEngine(Engine):
         self.model = cfg.served_model_name or model_path
         self.max_retries = cfg.max_retries
         self.max_concurrency = cfg.max_concurrency
+        # requests in flight across all calls at once (the generate stage may have two waves going)
+        self._slots = threading.BoundedSemaphore(cfg.max_concurrency)
         headers = {}
         if cfg.api_key_env:
             key = os.environ.get(cfg.api_key_env)
@@ -180,7 +185,8 @@ class OpenAIEngine(Engine):
             return list(pool.map(self._one_ticked, requests))
 
     def _one_ticked(self, request: Request) -> list[Completion]:
-        out = self._one(request)
+        with self._slots:
+            out = self._one(request)
         tick(len(out))
         return out
 

@@ -3,7 +3,10 @@
 A :class:`RayEngine` is an :class:`~magpie_exp.engines.Engine` like the others, so generate, tag (judge, guard,
 reward, URIAL base answers), pair and the evaluation answers and judges run on it unchanged. Each ``generate``
 call is cut into chunks of about equal sample counts (:func:`cut`), the chunks go to the actors as they free up,
-and the answers are put back in request order. The driver keeps writing every shard and manifest, so resume,
+and the answers are put back in request order. Several threads may call at once: one dispatcher thread hands the
+chunks of every call in progress to free actors, first in first out, so with the generate stage's waves in flight
+(``generate.waves_in_flight``) an actor done with its chunk of one call takes the next call's chunk instead of
+waiting at the call's end for the slowest chunk. The driver keeps writing every shard and manifest, so resume,
 checksums and stage hashes are exactly those of ``executor=local`` (the executor is in no stage hash: a run
 started locally can be finished on a cluster).
 
@@ -28,9 +31,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 from collections.abc import Sequence
 
@@ -155,8 +159,25 @@ class _Actor:
     failures: int = 0
 
 
+@dataclass(eq=False)
+class _Call:
+    """One ``generate`` call in progress: its chunks, their answers as they come, and how it ended."""
+
+    chunks: list[list[Piece]]
+    outputs: list[Any] = field(default_factory=list)
+    tries: list[int] = field(default_factory=list)
+    left: int = 0
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        self.outputs, self.tries, self.left = [None] * len(self.chunks), [0] * len(self.chunks), len(self.chunks)
+
+
 class RayEngine(Engine):
     """``workers`` Ray actors for one model; see the module docstring."""
+
+    concurrent = True
 
     def __init__(self, cfg: EngineConfig, generator: GeneratorConfig, model_path: str, seed: int,
                  ex: ExecutorConfig) -> None:
@@ -164,6 +185,10 @@ class RayEngine(Engine):
         from ray.exceptions import ActorUnavailableError, RayActorError
 
         self._lost = (RayActorError, ActorUnavailableError)
+        self._lock, self._wake = threading.Lock(), threading.Event()
+        self._queue: deque[tuple[_Call, int]] = deque()  # chunks of the calls in progress, first in first out
+        self._dispatcher: threading.Thread | None = None
+        self._closing = False
         self.ex, self.name = ex, generator.name
         resources = ray.cluster_resources()
         on_gpu = resources.get("GPU", 0) > 0
@@ -260,46 +285,117 @@ class RayEngine(Engine):
 
     # -- work -------------------------------------------------------------------------------------------------
     def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
+        """Answer ``requests``; several threads may call at once (the generate stage keeps waves in flight), and
+        the chunks of every call in progress go to the actors first in, first out as they free up, so an actor
+        that ends its chunk of one call takes the next call's instead of waiting for the slowest chunk."""
         if not requests:
             return []
+        call = _Call(cut(requests, len(self.actors) * self.ex.chunks_per_worker))
+        with self._lock:
+            if self._closing:
+                raise RuntimeError(f"the Ray engine for {self.name} is closed")
+            self._queue.extend((call, c) for c in range(len(call.chunks)))
+            if self._dispatcher is None or not self._dispatcher.is_alive():
+                self._dispatcher = threading.Thread(target=self._dispatch, daemon=True, name=f"ray-{self.name}")
+                self._dispatcher.start()
+        self._wake.set()
+        call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return join(requests, call.chunks, call.outputs)
+
+    def _fail(self, call: _Call, error: BaseException) -> None:
+        """End ``call`` with ``error`` (its other chunks are dropped from the queue; answers still due are ignored)."""
+        if call.error is None and not call.done.is_set():
+            call.error = error
+            call.done.set()
+
+    def _dispatch(self) -> None:
+        """The one thread that talks to the actors: hands out queued chunks, collects answers, retries lost ones."""
         import ray
 
-        chunks = cut(requests, len(self.actors) * self.ex.chunks_per_worker)
-        outputs: list[Any] = [None] * len(chunks)
-        queue, tries = deque(range(len(chunks))), [0] * len(chunks)
-        flying: dict[Any, tuple[int, _Actor]] = {}
-        while queue or flying:
-            self._recover()
-            busy = {id(actor) for _, actor in flying.values()}
-            for actor in self.actors:
-                if queue and actor.up and id(actor) not in busy:
-                    c = queue.popleft()
-                    flying[actor.handle.generate.remote([p.request for p in chunks[c]])] = (c, actor)
-            if not flying:
-                if all(a.dead for a in self.actors):
-                    raise RuntimeError(f"every Ray worker for {self.name} is dead (executor.max_restarts="
-                                       f"{self.ex.max_restarts} used up); what was written is kept: rerun to resume")
-                self._recover(wait_s=600.0)  # every actor is restarting: wait for the first back
-                continue
-            [ref], _ = ray.wait(list(flying), num_returns=1)
-            c, actor = flying.pop(ref)
-            try:
-                outputs[c] = ray.get(ref)
-            except self._lost as exc:
-                self._lose(actor, exc)
-                tries[c] += 1
-                if tries[c] > self.ex.max_retries:
-                    raise RuntimeError(f"a chunk of {len(chunks[c])} requests for {self.name} lost its Ray worker "
-                                       f"{tries[c]} times (executor.max_retries={self.ex.max_retries}); what was "
-                                       "written is kept: rerun to resume") from exc
-                queue.appendleft(c)
-                continue
-            actor.chunks += 1
-            actor.samples += sum(p.request.sampling.n for p in chunks[c])
-            tick(sum(len(out) for out in outputs[c]))
-        return join(requests, chunks, outputs)
+        flying: dict[Any, tuple[_Call, int, _Actor]] = {}
+        try:
+            while True:
+                self._recover()
+                with self._lock:
+                    if self._closing:
+                        for call, _, _ in flying.values():
+                            self._fail(call, RuntimeError(f"the Ray engine for {self.name} was closed"))
+                        return
+                    busy = {id(actor) for _, _, actor in flying.values()}
+                    for actor in self.actors:
+                        while self._queue and self._queue[0][0].done.is_set():  # its call failed
+                            self._queue.popleft()
+                        if self._queue and actor.up and id(actor) not in busy:
+                            call, c = self._queue.popleft()
+                            flying[actor.handle.generate.remote([p.request for p in call.chunks[c]])] = (call, c, actor)
+                            busy.add(id(actor))
+                    queued = bool(self._queue)
+                    idle = any(actor.up and id(actor) not in busy for actor in self.actors)
+                if not flying:
+                    if not queued:
+                        self._wake.wait(timeout=1.0)  # a new call
+                        self._wake.clear()
+                    elif all(a.dead for a in self.actors):
+                        with self._lock:
+                            calls = {id(call): call for call, _ in self._queue}
+                            self._queue.clear()
+                        for call in calls.values():
+                            self._fail(call, RuntimeError(
+                                f"every Ray worker for {self.name} is dead (executor.max_restarts="
+                                f"{self.ex.max_restarts} used up); what was written is kept: rerun to resume"))
+                    else:
+                        self._recover(wait_s=1.0)  # every actor is restarting: wait for the first back
+                    continue
+                # an idle actor looks for new calls every 50 ms; with every actor busy, wait for an answer
+                ready, _ = ray.wait(list(flying), num_returns=1, timeout=0.05 if idle else None)
+                if not ready:
+                    continue
+                call, c, actor = flying.pop(ready[0])
+                try:
+                    out = ray.get(ready[0])
+                except self._lost as exc:
+                    self._lose(actor, exc)
+                    call.tries[c] += 1
+                    if call.tries[c] > self.ex.max_retries:
+                        self._fail(call, RuntimeError(
+                            f"a chunk of {len(call.chunks[c])} requests for {self.name} lost its Ray worker "
+                            f"{call.tries[c]} times (executor.max_retries={self.ex.max_retries}); what was written "
+                            "is kept: rerun to resume"))
+                        call.error.__cause__ = exc
+                    else:
+                        with self._lock:
+                            self._queue.appendleft((call, c))
+                    continue
+                except Exception as exc:  # the engine's own error in the actor: the call raises it
+                    self._fail(call, exc)
+                    continue
+                actor.chunks += 1
+                actor.samples += sum(p.request.sampling.n for p in call.chunks[c])
+                tick(sum(len(o) for o in out))
+                call.outputs[c] = out
+                call.left -= 1
+                if not call.left and not call.done.is_set():
+                    call.done.set()
+        except BaseException as exc:  # noqa: BLE001 - no caller may wait for ever on a dead dispatcher
+            log.error("ray dispatcher for %s stopped: %s", self.name, exc)
+            with self._lock:
+                calls = [call for call, _ in self._queue] + [call for call, _, _ in flying.values()]
+                self._queue.clear()
+            for call in calls:
+                self._fail(call, RuntimeError(f"the Ray engine for {self.name} stopped: {exc}"))
+            raise
 
     def close(self) -> None:
+        with getattr(self, "_lock", threading.Lock()):
+            self._closing = True
+            calls = [call for call, _ in getattr(self, "_queue", ())]
+        for call in calls:
+            self._fail(call, RuntimeError(f"the Ray engine for {self.name} was closed"))
+        if getattr(self, "_dispatcher", None) is not None:
+            self._wake.set()
+            self._dispatcher.join(timeout=60)
         actors, self.actors = getattr(self, "actors", []), []
         if not actors:
             return

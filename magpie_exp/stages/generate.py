@@ -18,6 +18,7 @@ import math
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from magpie_exp.diversity import diversity
 from magpie_exp.engines import Completion, Engine, Request, SamplingSpec
 from magpie_exp.engines.pool import EnginePool
 from magpie_exp.generators import Side, load_side
-from magpie_exp.lookahead import LookAhead, waves
+from magpie_exp.lookahead import BusyClock, LookAhead, waves
 from magpie_exp.records import EXPORT_FILES, Record, export_records, record_id
 from magpie_exp.sanitize import sanitize_instruction
 from magpie_exp.files import stable_seed
@@ -94,10 +95,9 @@ class GenerateStage:
         self.cache_dir = Path(cfg.paths.cache_dir)
         self.pool, self.owns_pool = EnginePool.of(cfg, engines)
         self.progress = progress
-        self.tokens_this_run = 0
-        self.engine_seconds = 0.0
         self._provenance: dict[str, Any] | None = None
-        self.ahead = LookAhead()  # answers drawn ahead for the shards being made (prefetch)
+        self.ahead = LookAhead()  # answers drawn ahead for the shards being made (make_waves)
+        self.clock = BusyClock()  # engine seconds and tokens (calls may overlap: waves in flight)
 
     # -- set-up -------------------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -140,24 +140,31 @@ class GenerateStage:
             self.pool.close()
 
     def _call(self, side: Side, requests: list[Request]) -> list[list[Completion]]:
-        """The answers to ``requests``: drawn ahead by ``prefetch`` where it could, from the engine otherwise."""
+        """The answers to ``requests``: drawn ahead by ``make_waves`` where it could, from the engine otherwise."""
         return self.ahead.answers(side, requests, self._engine_call)
 
     def _engine_call(self, side: Side, requests: list[Request]) -> list[list[Completion]]:
+        """One engine call; engine seconds count the time any call was running (overlapping calls once)."""
         engine = self._engine(side)
-        start = time.perf_counter()
-        outputs = engine.generate(requests)
-        self.engine_seconds += time.perf_counter() - start
-        self.tokens_this_run += sum(c.token_count for out in outputs for c in out)
+        with self.clock:
+            outputs = engine.generate(requests)
+        tokens = self.clock.count(sum(c.token_count for out in outputs for c in out))
         if self.progress is not None:
-            self.progress.note(f"{self.tokens_this_run / max(self.engine_seconds, 1e-9):.0f} tok/s")
+            self.progress.note(f"{tokens / max(self.clock.seconds(), 1e-9):.0f} tok/s")
         return outputs
 
-    def prefetch(self, plans: list[ShardPlan], seen: set[str]) -> None:
-        """Draw ahead what making ``plans`` one after another will ask the engine, in one engine call per step.
+    def in_flight(self) -> int:
+        """Waves to keep going at once: ``generate.waves_in_flight`` where every engine of the stage takes calls
+        from several threads (a Ray cluster, servers), else 1."""
+        engines = [self._engine(side) for side in (self.ins, self.res)]
+        return self.g.waves_in_flight if all(engine.concurrent for engine in engines) else 1
 
-        Each shard is made once in a look-ahead thread, all side by side, against the ids accepted before the
-        wave and by its earlier shards so far; every step's requests of all shards (instructions, answers,
+    def make_waves(self, todo: list[list[ShardPlan]], seen: set[str],
+                   write: Callable[[ShardPlan, list[Record], dict[str, Any]], None]) -> None:
+        """Make the shards of the waves ``todo`` in order and ``write`` each (``LookAhead.make``).
+
+        Each wave's shards are made once in look-ahead threads, side by side, against the ids accepted before the
+        wave and by its earlier shards so far; every step's requests of all its shards (instructions, answers,
         follow-ups) go to the engine together, so the engine works on ``generate.engine_batch`` records at a
         time whatever the shard size. Nothing the look-ahead makes is kept but the engine's answers, keyed by
         the exact request (prompt ids and sampling, seed included): the shards are then made in order exactly as
@@ -165,10 +172,8 @@ class GenerateStage:
         a later shard drew first) goes to the engine then. A seeded request gets the same answer in any batch
         (bf16 aside: there batching changes draws, as it always has)."""
         self.start_engines()  # on this thread, never in a look-ahead thread
-        self.ahead.run_wave(plans, seen, self.make_shard, self._engine_call)
-
-    def forget(self) -> None:
-        self.ahead.forget()
+        self.ahead.make(todo, seen, self.make_shard, self._engine_call, write, self.in_flight(),
+                        expect=self.progress.expect if self.progress is not None else None)
 
     # -- sampling specs -------------------------------------------------------------------------------------------
     def _instruction_spec(self, cell: GridCell, n: int, seed: int) -> SamplingSpec:
@@ -482,18 +487,12 @@ def run_generate(
             with Progress("generate", total, store.record_count(), enabled=show_progress,
                           per_record=2 * turns * cfg.generate.oversample) as bar:
                 stage.progress = bar
-                for wave in waves(todo, cfg.generate.engine_batch):
-                    bar.expect(sum(p.size for p in wave))
-                    start = time.perf_counter()
-                    if len(wave) > 1:
-                        stage.prefetch(wave, seen)
-                    ahead_per_record = (time.perf_counter() - start) / sum(p.size for p in wave)
-                    for plan in wave:
-                        records, meta = stage.make_shard(plan, seen)
-                        meta["seconds"] = round(meta["seconds"] + ahead_per_record * plan.size, 3)
-                        store.write_shard(plan.name, records, meta)
-                        bar.done(len(records))
-                    stage.forget()
+
+                def write(plan: ShardPlan, records: list[Record], meta: dict[str, Any]) -> None:
+                    store.write_shard(plan.name, records, meta)
+                    bar.done(len(records))
+
+                stage.make_waves(waves(todo, cfg.generate.engine_batch), seen, write)
     finally:
         stage.close()
     stats = aggregate_stats(store, total)
