@@ -137,6 +137,35 @@ def test_a_killed_actor_is_restarted_and_rejoins(smollm2_dir, monkeypatch, tmp_p
         ray.shutdown()
 
 
+@pytest.mark.slow
+def test_a_call_whose_chunk_keeps_losing_its_actor_fails_alone_with_one_clear_line(smollm2_dir, monkeypatch) -> None:
+    """No restarts, no retries, and every actor SIGKILLed on its first chunk: the call fails with the executor's
+    own error (naming the setting), while a call made at the same time from another thread fails too rather than
+    waiting for ever; once every actor is gone, a new call says so at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ray
+
+    from magpie_exp.engines.ray_engine import RayEngine
+
+    monkeypatch.setenv("MAGPIE_EXP_FAILPOINT", "ray.worker.generate:1")  # each actor dies on its first chunk
+    monkeypatch.delenv("MAGPIE_EXP_FAILPOINT_ONCE", raising=False)
+    cfg = schema("executor=ray", "engine=hf", "executor.max_restarts=0", "executor.max_retries=0")
+    requests = [Request(list(range(100, 108)), SamplingSpec(n=1, max_tokens=2, seed=i)) for i in range(4)]
+    try:
+        engine = RayEngine(cfg.engine, cfg.generator, str(smollm2_dir), 0, cfg.executor)
+        with ThreadPoolExecutor(2) as threads:
+            calls = [threads.submit(engine.generate, requests), threads.submit(engine.generate, requests[:2])]
+            errors = [call.exception(timeout=300) for call in calls]
+        assert all(isinstance(e, RuntimeError) for e in errors), errors
+        assert any("lost its Ray worker 1 times (executor.max_retries=0)" in str(e) for e in errors), errors
+        with pytest.raises(RuntimeError, match=r"every Ray worker for .* is dead \(executor.max_restarts=0 used up\)"):
+            engine.generate(requests)
+        engine.close()
+    finally:
+        ray.shutdown()
+
+
 def _run(args: list[str], tmp_path: Path, name: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAGPIE_EXP_FAILPOINT")}
     env.update({"MAGPIE_EXP_CACHE": str(CACHE), "HF_HUB_OFFLINE": "1", **(env_extra or {})})
