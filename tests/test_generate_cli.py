@@ -123,6 +123,33 @@ def test_unknown_embedded_model(tmp_path: Path) -> None:
         run_generate(cfg, show_progress=False)
 
 
+def test_a_gguf_conversion_parses_the_file_once(monkeypatch) -> None:
+    """transformers reads a GGUF file anew for the tokenizer, the config and the weights; during a conversion the
+    reads share one parse (Gemma's conversion: 52.6 s -> 35.5 s, byte-identical output), and afterwards gguf is
+    as it was."""
+    import gguf
+    from transformers import AutoConfig, AutoTokenizer
+
+    from magpie_exp.models import EMBEDDED, _one_gguf_parse
+
+    parses: list[str] = []
+
+    class Counting(gguf.GGUFReader):
+        def __init__(self, path, mode="r") -> None:  # noqa: ANN001
+            parses.append(str(path))
+            super().__init__(path, mode)
+
+    monkeypatch.setattr(gguf, "GGUFReader", Counting)
+    path = EMBEDDED["smollm2-135m-instruct"].locate(CACHE)
+    with _one_gguf_parse():
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    assert len(parses) == 1 and tokenizer.vocab_size > 1000 and config.model_type == "llama"
+    assert gguf.GGUFReader is Counting
+    AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    assert len(parses) == 2  # outside a conversion every read parses again
+
+
 SECRET = "sk-magpie-cli-secret-0123456789abcdef"
 
 
