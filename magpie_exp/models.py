@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -78,20 +79,24 @@ def _one_gguf_parse() -> Iterator[None]:
     open they share one parse. The parsed reader is read-only (a memory map), so sharing it changes nothing read."""
     import gguf
 
-    real = gguf.GGUFReader
-    parsed: dict[tuple[str, str], Any] = {}
+    with _GGUF_PATCH:  # one conversion of this process at a time patches the module
+        real = gguf.GGUFReader
+        parsed: dict[tuple[str, str], Any] = {}
 
-    def reader(path: Any, mode: str = "r") -> Any:
-        key = (os.fspath(path), mode)
-        if key not in parsed:
-            parsed[key] = real(path, mode)
-        return parsed[key]
+        def reader(path: Any, mode: str = "r") -> Any:
+            key = (os.fspath(path), mode)
+            if key not in parsed:
+                parsed[key] = real(path, mode)
+            return parsed[key]
 
-    gguf.GGUFReader = reader  # transformers imports it from the module when it reads (modeling_gguf_pytorch_utils)
-    try:
-        yield
-    finally:
-        gguf.GGUFReader = real
+        gguf.GGUFReader = reader  # transformers imports it from the module when it reads (modeling_gguf_pytorch_utils)
+        try:
+            yield
+        finally:
+            gguf.GGUFReader = real
+
+
+_GGUF_PATCH = threading.Lock()
 
 
 def convert_gguf(gguf: Path, out_dir: Path, dtype: str = "bfloat16") -> Path:

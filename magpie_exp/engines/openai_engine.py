@@ -4,11 +4,11 @@ Magpie needs raw completions (no server-side chat template), so this speaks the 
 token-id prompts and vLLM's extra fields (``stop_token_ids``, ``skip_special_tokens``, ``return_token_ids``,
 ``vllm_xargs`` for the first-token ban). Requests are spread round-robin over ``engine.base_urls`` with at most
 ``engine.max_concurrency`` in flight, across every call in progress (calls may come from several threads: the
-generate stage keeps ``generate.waves_in_flight`` waves going on servers). A server that fails (connection refused or reset, time-out, 5xx, 429) is
-taken out of the rotation for a cool-down that doubles with each failure (2 s up to 60 s) and the request goes at
-once to the next healthy server; only when every server is cooling down does a request wait. So one server dying
-mid-run loses no request and slows the run only by its share of the work; a server that comes back rejoins after
-its cool-down. A request fails for good after ``engine.max_retries`` retries. The API key is read from the
+generate stage keeps ``generate.waves_in_flight`` waves going on servers). A server that fails (connection
+refused or reset, time-out, 5xx, 429) is taken out of the rotation for a cool-down that doubles with each failure
+(2 s up to 60 s) and the request goes at once to the next healthy server; only when every server is cooling down
+does a request wait. So one server dying mid-run loses no request and slows the run only by its share of the
+work; a server that comes back rejoins after its cool-down. A request fails for good after ``engine.max_retries`` retries. The API key is read from the
 environment variable named by ``engine.api_key_env`` and never stored.
 
 With ``engine.api=chat`` it speaks ``/v1/chat/completions`` instead, with chat messages and only the standard

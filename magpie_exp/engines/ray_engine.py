@@ -359,11 +359,12 @@ class RayEngine(Engine):
                     self._lose(actor, exc)
                     call.tries[c] += 1
                     if call.tries[c] > self.ex.max_retries:
-                        self._fail(call, RuntimeError(
+                        error = RuntimeError(
                             f"a chunk of {len(call.chunks[c])} requests for {self.name} lost its Ray worker "
                             f"{call.tries[c]} times (executor.max_retries={self.ex.max_retries}); what was written "
-                            "is kept: rerun to resume"))
-                        call.error.__cause__ = exc
+                            "is kept: rerun to resume")
+                        error.__cause__ = exc
+                        self._fail(call, error)
                     else:
                         with self._lock:
                             self._queue.appendleft((call, c))
