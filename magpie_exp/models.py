@@ -72,6 +72,9 @@ EMBEDDED: dict[str, EmbeddedModel] = {
 PREFIX = "embedded:"
 
 
+_GGUF_PATCH = threading.Lock()  # held while a conversion of this process has gguf patched
+
+
 @contextlib.contextmanager
 def _one_gguf_parse() -> Iterator[None]:
     """transformers parses a GGUF file anew for every read (the tokenizer, the config and the weights of one
@@ -79,7 +82,7 @@ def _one_gguf_parse() -> Iterator[None]:
     open they share one parse. The parsed reader is read-only (a memory map), so sharing it changes nothing read."""
     import gguf
 
-    with _GGUF_PATCH:  # one conversion of this process at a time patches the module
+    with _GGUF_PATCH:
         real = gguf.GGUFReader
         parsed: dict[tuple[str, str], Any] = {}
 
@@ -94,9 +97,6 @@ def _one_gguf_parse() -> Iterator[None]:
             yield
         finally:
             gguf.GGUFReader = real
-
-
-_GGUF_PATCH = threading.Lock()
 
 
 def convert_gguf(gguf: Path, out_dir: Path, dtype: str = "bfloat16") -> Path:

@@ -122,8 +122,7 @@ class EvaluateStage:
                       for b in self.ev.benchmarks if b in LOADERS}
         self.judge_prompts = mt_bench_judge_prompts(self.ev.data_dir, self.cache_dir) if "mt_bench" in self.ev.benchmarks else {}
         self._chat_cls = ChatModel
-        self.model_engine_cfg = model_engine(cfg, self.cand.spec)
-        self.model_engine = self.model_engine_cfg or cfg.engine
+        self.model_engine_cfg = model_engine(cfg, self.cand.spec)  # None: the engine group
         self.model: Any = None
         self.judge_chat: Any = None
         self.seconds: Counter = Counter()
@@ -135,6 +134,11 @@ class EvaluateStage:
                 "ids": config_hash({"ids": [i["id"] for i in self.items[bench]]}), "seed": self.cfg.seed,
                 "max_tokens": ev.max_tokens, "max_model_len": ev.max_model_len,
                 "engine": {"type": self.model_engine.type, "dtype": self.model_engine.dtype}}
+
+    @property
+    def model_engine(self) -> EngineConfig:
+        """The evaluated model's engine config as it runs (``evaluation.model_engine``, eager or not, or the group)."""
+        return self.model_engine_cfg or self.cfg.engine
 
     def candidate(self) -> Any:
         if self.model is None:
