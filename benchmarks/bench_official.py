@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_official.py                 # 256 single-turn pairs, runs alternated O S S O
     .venv/bin/python benchmarks/bench_official.py --pairs 64 --repeats 1
+    .venv/bin/python benchmarks/bench_official.py --calls      # also the stage with generate.stream=false
 
 The official code is not ours to ship, so its method is reproduced here, one process per step as its launcher
 runs it (reference: magpie-repo.md sections 2.3 and 2.5):
@@ -13,7 +14,9 @@ runs it (reference: magpie-repo.md sections 2.3 and 2.5):
   ``--batch-size`` (default 128, its default) text prompts, stop token ids only.
 
 The generate stage runs in its own process (``magpie_exp.run("stage=generate", ...)``) with its defaults (shards,
-``engine_batch``, look-ahead) and single-turn records. Both sides use the same model, the generator config's
+``engine_batch``, look-ahead, each shard's requests streamed into vLLM's running batch) and single-turn records;
+with ``--calls`` also with ``generate.stream=false`` (the wave's requests in one engine call per step), to show
+what streaming brings. Both sides use the same model, the generator config's
 sampling (temperatures, top_p, max_tokens, repetition penalty, stops) and the same engine settings (the stage's
 ``VLLMEngine`` builds both sides' ``vllm.LLM``; dtype, compile and KV cache alike), so only the method differs.
 Both sides also get the stage's environment (``runner.setup_environment``): the same compile caches, and
@@ -107,10 +110,10 @@ def step_res(args: argparse.Namespace, outputs: Path, in_file: Path) -> dict:
     return {"engine_s": build_s, "gen_s": gen_s, "tokens": tokens, "items": len(rows), "complete": complete}
 
 
-def step_stage(args: argparse.Namespace, outputs: Path) -> dict:
+def step_stage(args: argparse.Namespace, outputs: Path, *extra: str) -> dict:
     from magpie_exp import run
 
-    result = run(*overrides(args, outputs))
+    result = run(*overrides(args, outputs), *extra)
     stats = result.stats["generate"]
     if result.cache_hits["generate"]:
         raise SystemExit("the generate stage was a cache hit: give every run its own outputs folder")
@@ -139,8 +142,8 @@ def official(args: argparse.Namespace, work: Path, run: int) -> dict:
             "steps": {"ins": ins, "res": res}}
 
 
-def stage(args: argparse.Namespace, work: Path, run: int) -> dict:
-    result = child(args, "--step", "stage", "--work", str(work / f"stage{run}"))
+def stage(args: argparse.Namespace, work: Path, run: int, step: str = "stage") -> dict:
+    result = child(args, "--step", step, "--work", str(work / f"{step}{run}"))
     # the stage's generation seconds exclude its engine build; the rest of its wall is imports, build and writing
     result["other_s"] = result["wall_s"] - result["gen_s"]
     return result
@@ -159,23 +162,25 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=128, help="gen_ins.py --n: samples per call")
     parser.add_argument("--batch-size", type=int, default=128, help="gen_res.py --batch_size")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--step", choices=["ins", "res", "stage"], help=argparse.SUPPRESS)
+    parser.add_argument("--calls", action="store_true", help="also run the stage with generate.stream=false")
+    parser.add_argument("--step", choices=["ins", "res", "stage", "calls"], help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--file", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step:
         work = Path(args.work)
         steps = {"ins": lambda: step_ins(args, work, Path(args.file)), "res": lambda: step_res(args, work, Path(args.file)),
-                 "stage": lambda: step_stage(args, work)}
+                 "stage": lambda: step_stage(args, work), "calls": lambda: step_stage(args, work, "generate.stream=false")}
         print(json.dumps(steps[args.step]()), flush=True)
         return
-    runs: dict[str, list[dict]] = {"official": [], "stage": []}
+    runs: dict[str, list[dict]] = {"official": [], "stage": []} | ({"stage, calls": []} if args.calls else {})
     with tempfile.TemporaryDirectory(prefix="bench_official_") as tmp:
         work = Path(tmp)
         for i in range(args.repeats):
-            for side in ("official", "stage") if i % 2 == 0 else ("stage", "official"):
+            for side in list(runs) if i % 2 == 0 else list(runs)[::-1]:
                 k = len(runs[side])
-                runs[side].append((official if side == "official" else stage)(args, work, k))
+                runs[side].append(official(args, work, k) if side == "official" else
+                                  stage(args, work, k, "stage" if side == "stage" else "calls"))
                 print(f"{side} run {k + 1}: {json.dumps(runs[side][-1])}", flush=True)
     print(f"\n{args.pairs} single-turn pairs, {args.generator}, official n={args.n} and batch {args.batch_size}\n")
     print("| run | wall s | not generating s | generation s | pairs | tokens | pairs/s end to end | pairs/s generating | tok/s generating |")
@@ -200,6 +205,11 @@ def main() -> None:
           f"{(s['complete'] / s['wall_s']) / (o['complete'] / o['wall_s']):.2f}x, generating "
           f"{(s['complete'] / s['gen_s']) / (o['complete'] / o['gen_s']):.2f}x")
     print(f"stage / official, tokens/s generating: {(s['tokens'] / s['gen_s']) / (o['tokens'] / o['gen_s']):.2f}x")
+    if "stage, calls" in total:
+        c = total["stage, calls"]
+        print(f"stage (streamed) / stage (generate.stream=false): end to end {(s['items'] / s['wall_s']) / (c['items'] / c['wall_s']):.2f}x, "
+              f"generating {(s['items'] / s['gen_s']) / (c['items'] / c['gen_s']):.2f}x, tokens/s "
+              f"{(s['tokens'] / s['gen_s']) / (c['tokens'] / c['gen_s']):.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Look-ahead for the generate stage: shards made side by side so the engine works on ``generate.engine_batch``
 records at a time whatever the shard size, with one writer and byte-identical records.
 
-A wave of consecutive shards is made once in look-ahead threads that run one at a time, in shard order (so
-tokenizers and counters are never shared across threads and the forecast is the same on every run); once each
-has asked for its next answers or finished, their requests go to the engine as one call per engine. Nothing the
+A wave of consecutive shards is made once in look-ahead threads that run one at a time (so tokenizers and
+counters are never shared across threads). Either every shard runs until it asks for its next answers or ends,
+in shard order, and their requests go to the engine as one call per engine; or, where the engines stream (vLLM
+in process takes requests while it decodes: ``Stream``), each shard's requests go to its engine as soon as it
+asks, and it goes on as soon as they are answered, whatever the other shards are waiting for. Nothing the
 look-ahead makes is kept but the engine's answers, keyed by the exact seeded request; the shards are then made in
 order exactly as without it, and a request the look-ahead did not foresee goes to the engine then.
 
@@ -22,12 +24,22 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from magpie_exp.engines import Completion, Request
+from magpie_exp.engines import Completion, Engine, Request
 
 log = logging.getLogger(__name__)
 EngineCall = Callable[[Any, list[Request]], list[list[Completion]]]  # (side, requests) -> answers
+
+
+@dataclass(frozen=True)
+class Stream:
+    """How a wave hands requests to engines that stream: ``engine(side)`` is the side's engine, ``step(engine)``
+    runs it a step (``Engine.advance``, with the caller's clock and counters) and returns the calls it finished."""
+
+    engine: Callable[[Any], Engine]
+    step: Callable[[Engine], list[tuple[int, list[list[Completion]]]]]
 
 
 class Plan(Protocol):
@@ -95,6 +107,7 @@ class LookAhead:
     def __init__(self) -> None:
         self.memo: dict[tuple, list[Completion]] = {}
         self.local = threading.local()  # .ask, set in a look-ahead thread
+        self.through: EngineCall | None = None  # where the real pass's unforeseen requests go while a Window runs
         self.turn = threading.RLock()
 
     def answers(self, side: Any, requests: list[Request], engine_call: EngineCall) -> list[list[Completion]]:
@@ -105,7 +118,8 @@ class LookAhead:
             return ask(side, requests)
         keys = [memo_key(side, r) for r in requests]
         missing = [i for i, key in enumerate(keys) if key is None or key not in self.memo]
-        drawn = dict(zip(missing, engine_call(side, [requests[i] for i in missing]), strict=True)) if missing else {}
+        call = self.through or engine_call
+        drawn = dict(zip(missing, call(side, [requests[i] for i in missing]), strict=True)) if missing else {}
         return [drawn[i] if i in drawn else self.memo[key] for i, key in enumerate(keys)]
 
     def wave(self, plans: Sequence[Plan], seen: set[str], make_shard: Callable[[Any, Any], Any],
@@ -118,13 +132,19 @@ class LookAhead:
 
     def make(self, todo: Sequence[Sequence[Plan]], seen: set[str], make_shard: Callable[[Any, Any], Any],
              engine_call: EngineCall, write: Callable[[Any, Any, dict[str, Any]], None], in_flight: int = 1,
-             expect: Callable[[int], None] | None = None) -> None:
+             expect: Callable[[int], None] | None = None, stream: Stream | None = None) -> None:
         """Make every shard of the waves ``todo`` for real, in order, in this thread, and ``write(plan, records,
         meta)`` each; ``make_shard(plan, seen)`` returns ``(records, meta)``.
 
         Each wave is first drawn ahead (:meth:`wave`): one wave at a time, or ``in_flight`` of them, each in a
         thread of its own, the next started as soon as the oldest is written. ``expect(records)`` is told the
-        records of the shards in hand (the progress view's ceiling)."""
+        records of the shards in hand (the progress view's ceiling). With ``stream`` (engines that stream, one at
+        a time) the shards are drawn ahead in a :class:`Window` of a wave's records sliding over the run instead."""
+        if stream is not None and in_flight <= 1 and any(len(plans) > 1 for plans in todo):
+            Window(self, seen, make_shard, stream).make([p for plans in todo for p in plans],
+                                                        max(sum(p.size for p in plans) for plans in todo), write, expect)
+            self.forget()
+            return
         if in_flight <= 1:
             for plans in todo:
                 if expect is not None:
@@ -216,10 +236,10 @@ class Wave:
 
     def __init__(self, ahead: LookAhead, plans: Sequence[Plan], seen: set[str], make_shard: Callable[[Any, Any], Any],
                  engine_call: EngineCall, earlier: Sequence[Wave] = ()) -> None:
-        self.ahead, self.plans, self.make_shard, self.engine_call = ahead, plans, make_shard, engine_call
+        self.ahead, self.plans, self.make_shard, self.engine_call = ahead, list(plans), make_shard, engine_call
         self.accepted: list[set[str]] = [set() for _ in plans]  # ids each shard's look-ahead accepted
-        before = _Seen(seen, *(ids for wave in earlier for ids in wave.accepted)) if earlier else seen
-        self.seen = [_AheadSeen(before, self.accepted, i) for i in range(len(plans))]
+        self.before = _Seen(seen, *(ids for wave in earlier for ids in wave.accepted)) if earlier else seen
+        self.seen = [_AheadSeen(self.before, self.accepted, i) for i in range(len(plans))]
         self.keys: set[tuple] = set()  # the memo entries this wave drew
         self.go = [threading.Semaphore(0) for _ in plans]
         self.back = threading.Semaphore(0)
@@ -247,7 +267,17 @@ class Wave:
         except Exception as exc:  # noqa: BLE001 - only a forecast: the real pass meets (and raises) it again
             log.debug("generate: look-ahead of shard %s stopped early: %s", self.plans[index].name, exc)
         finally:
+            self._ended(index)
             self.back.release()
+
+    def _ended(self, index: int) -> None:
+        """Shard ``index``'s look-ahead is over (its thread is about to end)."""
+
+    def _thread(self, index: int) -> threading.Thread:
+        thread = threading.Thread(target=self._shard, args=(index,), daemon=True,
+                                  name=f"look-ahead-{self.plans[index].name}")
+        thread.start()
+        return thread
 
     def _step(self, index: int) -> None:
         """Let thread ``index`` run until it asks again or ends (holding the stage's turn meanwhile)."""
@@ -255,11 +285,15 @@ class Wave:
             self.go[index].release()
             self.back.acquire()
 
+    def _keep(self, index: int, side: Any, requests: list[Request], outputs: list[list[Completion]]) -> None:
+        """Keep shard ``index``'s answers for the real pass."""
+        for request, output in zip(requests, outputs, strict=True):
+            if (memo := memo_key(side, request)) is not None:
+                self.ahead.memo[memo] = output
+                self.keys.add(memo)
+
     def run(self) -> None:
-        threads = [threading.Thread(target=self._shard, args=(i,), daemon=True, name=f"look-ahead-{p.name}")
-                   for i, p in enumerate(self.plans)]
-        for thread in threads:
-            thread.start()
+        threads = [self._thread(i) for i in range(len(self.plans))]
         for index in range(len(self.plans)):
             self._step(index)
         while self.asked:
@@ -275,15 +309,131 @@ class Wave:
                 except Exception as exc:  # noqa: BLE001 - handed to the asking threads, which stop
                     self.answers.update({i: exc for i in indices})
                     continue
-                for request, output in zip(requests, outputs, strict=True):
-                    if (memo := memo_key(side, request)) is not None:
-                        self.ahead.memo[memo] = output
-                        self.keys.add(memo)
                 start = 0
                 for i in indices:
+                    self._keep(i, side, batch[i][1], outputs[start:start + len(batch[i][1])])
                     self.answers[i] = outputs[start:start + len(batch[i][1])]
                     start += len(batch[i][1])
             for index in sorted(batch):
                 self._step(index)
         for thread in threads:
             thread.join()
+
+
+class Window(Wave):
+    """Shards drawn ahead on engines that stream, a window of about ``capacity`` records sliding over the run.
+
+    Each shard's requests go to its engine as soon as it asks, and it goes on as soon as they are answered,
+    whatever the others are waiting for: one shard's answers decode beside another's instructions, a refill joins
+    the running batch, and as soon as the oldest shard's look-ahead is over it is made for real and written and
+    the next shard comes in. So the engine never waits for a call's slowest answer, neither within a wave of
+    shards nor between waves. The real pass's requests the look-ahead did not foresee go through the stream too
+    (the engine is running others' meanwhile)."""
+
+    def __init__(self, ahead: LookAhead, seen: set[str], make_shard: Callable[[Any, Any], Any], stream: Stream) -> None:
+        super().__init__(ahead, [], seen, make_shard, self._through_stream)
+        self.stream = stream
+        self.keys_of: list[set[tuple]] = []  # the memo entries each shard's look-ahead drew
+        self.over: list[bool] = []  # each shard's look-ahead is over
+        self.running: dict[tuple[int, int], tuple[Engine, int, Any, list[Request]]] = {}
+        self.early: list[tuple[Engine, int, list[list[Completion]]]] = []  # finished while the real pass waited
+        self.engines: dict[int, Engine] = {}  # every engine it submitted to (all dropped from if the run stops)
+
+    def _submit(self, engine: Engine, requests: list[Request]) -> int:
+        self.engines[id(engine)] = engine
+        return engine.submit(requests)
+
+    def _ended(self, index: int) -> None:
+        self.over[index] = True
+
+    def _keep(self, index: int, side: Any, requests: list[Request], outputs: list[list[Completion]]) -> None:
+        for request, output in zip(requests, outputs, strict=True):
+            if (memo := memo_key(side, request)) is not None:
+                self.ahead.memo[memo] = output
+                self.keys_of[index].add(memo)
+
+    def admit(self, plan: Plan) -> None:
+        """Start drawing ``plan`` ahead: its first requests go to the engine now."""
+        index = len(self.plans)
+        self.plans.append(plan)
+        self.accepted.append(set())
+        self.seen.append(_AheadSeen(self.before, self.accepted, index))
+        self.go.append(threading.Semaphore(0))
+        self.keys_of.append(set())
+        self.over.append(False)
+        self._thread(index)
+        self._step(index)
+        self._hand_on(index)
+
+    def _hand_on(self, index: int) -> None:
+        if index in self.asked:
+            side, requests = self.asked.pop(index)
+            engine = self.stream.engine(side)
+            self.running[id(engine), self._submit(engine, requests)] = engine, index, side, requests
+
+    def _deliver(self, engine: Engine, ticket: int, outputs: list[list[Completion]] | BaseException) -> None:
+        _, index, side, requests = self.running.pop((id(engine), ticket))
+        if not isinstance(outputs, BaseException):
+            self._keep(index, side, requests, outputs)
+        self.answers[index] = outputs
+        self._step(index)
+        self._hand_on(index)
+
+    def _advance(self) -> None:
+        """A step of each engine with work; the answers it finished go to their shards, which ask on."""
+        for engine in {id(e): e for e, *_ in self.running.values()}.values():
+            try:
+                finished = self.stream.step(engine)
+            except Exception as exc:  # noqa: BLE001 - handed to the asking threads, which stop
+                engine.abort()  # its calls end here: nothing of them is left in the engine
+                finished = [(ticket, exc) for (_, ticket), (e, *_) in list(self.running.items()) if e is engine]
+            for ticket, outputs in finished:
+                self._deliver(engine, ticket, outputs)
+
+    def _through_stream(self, side: Any, requests: list[Request]) -> list[list[Completion]]:
+        """The real pass's call for requests the look-ahead did not foresee: submitted beside the look-ahead's,
+        the engine stepped until they are answered; what else finishes meanwhile is handed on afterwards."""
+        engine = self.stream.engine(side)
+        ticket = self._submit(engine, requests)
+        while True:
+            for done, outputs in self.stream.step(engine):
+                if done == ticket:
+                    return outputs
+                self.early.append((engine, done, outputs))
+
+    def make(self, plans: Sequence[Plan], capacity: int, write: Callable[[Any, Any, dict[str, Any]], None],
+             expect: Callable[[int], None] | None = None) -> None:
+        """Make and write every shard of ``plans``, in order, keeping about ``capacity`` records drawn ahead."""
+        upcoming, written, since = deque(plans), 0, time.perf_counter()
+        self.ahead.through = self._through_stream
+        try:
+            while upcoming or written < len(self.plans):
+                held = sum(p.size for p in self.plans[written:])
+                while upcoming and (written == len(self.plans) or held + upcoming[0].size <= capacity):
+                    held += upcoming[0].size
+                    self.admit(upcoming.popleft())
+                if expect is not None:
+                    expect(held)
+                if self.over[written]:  # the oldest shard is drawn: made for real, written, forgotten
+                    plan = self.plans[written]
+                    with self.ahead.turn:
+                        records, meta = self.make_shard(plan, self.before)
+                    now = time.perf_counter()
+                    meta["seconds"] = round(now - since, 3)  # the shards' seconds add up to the stage's
+                    since = now
+                    write(plan, records, meta)
+                    for key in self.keys_of[written]:
+                        self.ahead.memo.pop(key, None)
+                    self.accepted[written].clear()  # in ``seen`` now, as the real pass accepted them
+                    written += 1
+                    while self.early:
+                        self._deliver(*self.early.pop(0))
+                elif self.running:
+                    self._advance()
+                else:
+                    raise RuntimeError(f"generate: the look-ahead of shard {self.plans[written].name} waits for nothing")
+        finally:
+            self.ahead.through = None
+            if upcoming or written < len(self.plans):  # stopped early: nothing of it may stay in the engines
+                for engine in self.engines.values():
+                    engine.abort()

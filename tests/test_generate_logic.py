@@ -194,9 +194,10 @@ def test_waves_in_flight_write_the_records_of_one_wave_at_a_time(tmp_path: Path)
         assert result.stats["records"] == 36
     assert alone.stats["dropped"]["duplicate"] >= 5  # later waves did meet the shared question
     # the later waves' look-ahead counted the earlier waves' ids as seen (how far the earlier one had got is a
-    # matter of timing): few requests were asked twice (0 or 1 here in six runs; 2 and 8 more calls without it)
+    # matter of timing, so this is a loose bound; the rule itself is tested exactly below): few requests were asked
+    # twice (0-1 and 0-4 more calls in 25 runs on a quiet machine, up to 2 and 8 with both cores busy elsewhere)
     asked = list(zip(flying.prompts, flying.specs, strict=True))
-    assert len(asked) - len(set(asked)) <= 2 and len(flying.calls) <= len(serial.calls) + 6
+    assert len(asked) - len(set(asked)) <= 4 and len(flying.calls) <= len(serial.calls) + 12
 
 
 def test_a_wave_drawn_ahead_counts_the_ids_of_the_waves_before_it_as_seen() -> None:
@@ -277,3 +278,65 @@ def test_vllm_decodes_at_most_128_sequences_at_a_time_on_cpu_unless_told(monkeyp
     assert "max_num_seqs" not in llm_kwargs(cfg.engine, cfg.generator, "/m", 0, "bfloat16", on_cpu=False)
     told = schema("engine.max_num_seqs=32").engine
     assert {llm_kwargs(told, cfg.generator, "/m", 0, "bfloat16", on_cpu=flag)["max_num_seqs"] for flag in (True, False)} == {32}
+
+
+def test_a_streaming_engine_writes_the_records_of_one_shard_at_a_time(tmp_path: Path) -> None:
+    """On an engine that streams (vLLM in process), each shard's requests join the running batch as soon as the
+    shard asks, calls finish out of the order they came in, and a shard comes in as soon as an older one is
+    written (a window of engine_batch records): the records, shard stats and exports are byte for byte those of
+    one shard at a time and of a call per step (generate.stream=false), refills and duplicates across shards
+    included."""
+    common = ["generate.count=24", "generate.shard_size=6", "generate.multi_turn.fraction=0.5"]
+    tokenizer = _tokenizer(_cfg(tmp_path))
+    alone = run_generate(_cfg(tmp_path / "one", *common, "generate.engine_batch=1"),
+                         engines={"generator": FakeEngine(tokenizer, _shared_script, streams=True)}, show_progress=False)
+    runs = {}
+    for name, extra in {"false": ["generate.stream=false"], "true": [],
+                        "window": ["generate.engine_batch=12"]}.items():  # a window of two shards sliding over four
+        engine = FakeEngine(tokenizer, _shared_script, streams=True)
+        runs[name] = engine, run_generate(_cfg(tmp_path / name, *common, *extra), engines={"generator": engine},
+                                          show_progress=False)
+        result = runs[name][1]
+        assert result.stage_dir.name == alone.stage_dir.name  # generate.stream is not in the folder's hash
+        assert (result.stage_dir / "export" / "messages.jsonl").read_bytes() == \
+            (alone.stage_dir / "export" / "messages.jsonl").read_bytes()
+        assert _shard_stats(result.stage_dir) == _shard_stats(alone.stage_dir)
+    assert alone.stats["dropped"]["duplicate"] >= 3 and alone.stats["multi_turn_records"] >= 1
+    (calls, _), (streamed, _) = runs["false"], runs["true"]
+    assert calls.submitted == 0 and streamed.submitted > 0  # generate.stream=false: a call per step
+    assert streamed.most_waiting >= 4 and streamed.finished != sorted(streamed.finished)  # side by side, out of order
+    assert 2 <= runs["window"][0].most_waiting < 4  # never more than the window's two shards' calls
+    # a later shard's look-ahead may run ahead of an earlier one's and take the shared question first: that only
+    # costs a request in the real pass (none here: 64 requests either way)
+    asked = list(zip(streamed.prompts, streamed.specs, strict=True))
+    assert len(asked) - len(set(asked)) <= 4 and len(streamed.prompts) <= len(calls.prompts) + 4
+
+
+def test_a_streaming_engine_that_fails_fails_the_run_with_nothing_written(tmp_path: Path) -> None:
+    """A streaming engine's error met while drawing ahead drops its calls (``abort``) and is raised again by the
+    real pass, with nothing written."""
+    import pytest
+
+    class Breaking(FakeEngine):
+        aborted = 0
+
+        def advance(self):  # noqa: ANN201
+            if self.finished:
+                raise OSError("engine went away")
+            return super().advance()
+
+        def abort(self) -> None:
+            self.aborted += 1
+            super().abort()
+
+        def generate(self, requests):  # noqa: ANN001, ANN201
+            if self.finished:
+                raise OSError("engine went away")
+            return super().generate(requests)
+
+    cfg = _cfg(tmp_path, "generate.engine_batch=12")
+    engine = Breaking(_tokenizer(cfg), _script, streams=True)
+    with pytest.raises(OSError, match="engine went away"):
+        run_generate(cfg, engines={"generator": engine}, show_progress=False)
+    assert engine.aborted >= 1 and not engine.waiting
+    assert not list((Path(cfg.paths.outputs) / "stages" / "generate").glob("*/shards/*.jsonl"))

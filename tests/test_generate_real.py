@@ -48,6 +48,39 @@ def test_writes_exactly_the_requested_records_with_unique_ids(generated) -> None
         assert all(m["content"].strip() for m in record["messages"] if m["role"] == "user")
 
 
+def test_shards_streamed_into_the_running_batch_write_the_records_of_one_shard_at_a_time(tmp_path, vllm_engine,
+                                                                                        monkeypatch) -> None:
+    """vLLM in process streams: each shard's requests join the running batch as soon as the shard asks (a shard's
+    answers decode beside another's instructions, a refill beside the rest's answers), and a shard comes in as
+    soon as the oldest is written (here a window of two shards sliding over three). The records, shard stats and
+    exports are byte for byte those of one shard at a time (float32: a seeded draw does not depend on its batch)."""
+    common = [*SMALL, "generate.count=12", "generate.shard_size=4", "generate.multi_turn.fraction=0.5",
+              "generate.multi_turn.num_turns=2"]
+    open_calls: list[int] = []
+    submit = vllm_engine.submit
+
+    def watched(requests):  # noqa: ANN001, ANN202
+        ticket = submit(requests)
+        open_calls.append(len(vllm_engine._calls))
+        return ticket
+
+    monkeypatch.setattr(vllm_engine, "submit", watched)
+    streamed = run_generate(schema(*common, f"paths.outputs={tmp_path / 'streamed'}", "generate.engine_batch=8"),
+                            engines={"generator": vllm_engine}, show_progress=False)
+    monkeypatch.undo()
+    alone = run_generate(schema(*common, f"paths.outputs={tmp_path / 'alone'}", "generate.engine_batch=1"),
+                         engines={"generator": vllm_engine}, show_progress=False)
+    assert max(open_calls) >= 2  # two shards' calls ran side by side in the engine
+    assert streamed.stage_dir.name == alone.stage_dir.name
+    assert (streamed.stage_dir / "export" / "messages.jsonl").read_bytes() == \
+        (alone.stage_dir / "export" / "messages.jsonl").read_bytes()
+    stats = [{name: shard["stats"] for name, shard in json.loads((r.stage_dir / "manifest.json").read_text())["shards"].items()}
+             for r in (streamed, alone)]
+    assert stats[0] == stats[1]
+    assert streamed.stats["records"] == 12 and streamed.stats["multi_turn_records"] >= 1
+    assert not vllm_engine._where and not vllm_engine._calls  # nothing left running in the shared engine
+
+
 def test_multi_turn_share_and_stats(generated) -> None:
     _, result = generated
     stats = result.stats

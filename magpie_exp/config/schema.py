@@ -122,6 +122,7 @@ class GenerateConfig:
     shard_size: int = 24  # records per shard: the unit of resume and of parallel work
     engine_batch: int = 256  # records made side by side (several shards) per engine call; the shard stays the unit of resume
     waves_in_flight: int = 2  # engine_batch waves drawn at once where the engines take concurrent calls (ray, openai)
+    stream: bool = True  # a wave's requests join the running batch as each shard asks (engines that stream: vllm)
     oversample: float = 1.3  # sample this multiple of the missing count each round (drops get replaced)
     max_rounds: int = 8  # rounds per shard before giving up on filling it
     system_prompts: list[SystemPrompt] = field(default_factory=list)  # control tasks; empty = template default

@@ -79,9 +79,25 @@ class Engine(ABC):
     # server's or a cluster's batches): the generate stage then keeps ``generate.waves_in_flight`` waves going
     concurrent: bool = False
 
+    # True when requests may join the running batch while earlier ones decode (``submit`` / ``advance``): the
+    # generate stage then hands each shard's next requests to the engine as soon as the shard asks for them
+    streams: bool = False
+
     @abstractmethod
     def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
         """One list of ``request.sampling.n`` completions per request, in request order."""
+
+    def submit(self, requests: Sequence[Request]) -> int:
+        """Queue ``requests`` as one call beside those already running (engines that ``stream``); its ticket."""
+        raise NotImplementedError(f"{type(self).__name__} does not stream")
+
+    def advance(self) -> list[tuple[int, list[list[Completion]]]]:
+        """Run the engine a step; the submitted calls that finished during it, as (ticket, answers in request
+        order). Engines that ``stream``."""
+        raise NotImplementedError(f"{type(self).__name__} does not stream")
+
+    def abort(self) -> None:  # noqa: B027 - engines that do not stream have nothing to drop
+        """Drop every submitted call not yet returned by ``advance`` (engines that ``stream``)."""
 
     def close(self) -> None:  # noqa: B027 - engines without resources need no override
         """Release the model (engines hold GPU/CPU memory and worker processes)."""

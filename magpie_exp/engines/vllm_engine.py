@@ -90,6 +90,8 @@ def llm_kwargs(cfg: EngineConfig, generator: GeneratorConfig, model_path: str, s
 
 
 class VLLMEngine(Engine):
+    streams = True
+
     def __init__(self, cfg: EngineConfig, generator: GeneratorConfig, model_path: str, seed: int) -> None:
         on_cpu = not torch.cuda.is_available()
         environment = dict(os.environ)  # restored once the engine is built (see _restore_environment)
@@ -113,6 +115,9 @@ class VLLMEngine(Engine):
         finally:
             _restore_environment(environment)
         self.info = EngineInfo(kind="vllm", version=_vllm_version(), model=model_path, extra={"dtype": dtype})
+        self._tickets_made = 0
+        self._calls: dict[int, list[list[Completion] | None]] = {}  # submitted calls: ticket -> answers so far
+        self._where: dict[str, tuple[int, int]] = {}  # vLLM request id still running -> (ticket, index)
 
     def sampling_params(self, request: Request):  # noqa: ANN201 - vllm.SamplingParams
         from vllm import SamplingParams
@@ -142,6 +147,8 @@ class VLLMEngine(Engine):
     def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
         if not requests:
             return []
+        if self._where:
+            raise RuntimeError("VLLMEngine.generate called while submitted calls are running (advance or abort them)")
         from vllm.inputs import TokensPrompt
 
         prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_token_ids)) for r in requests]
@@ -149,11 +156,58 @@ class VLLMEngine(Engine):
         from magpie_exp.console import VllmTicks, listening
 
         outputs = self.llm.generate(prompts, params, use_tqdm=VllmTicks if listening() else False)
-        return [
-            [Completion(o.text, len(o.token_ids), o.finish_reason or "length", _top_logprobs(o.logprobs))
-             for o in out.outputs]
-            for out in outputs
-        ]
+        return [_completions(out) for out in outputs]
+
+    # -- streaming: calls join the running batch (vLLM's continuous batching), driven a step at a time ----------
+    def submit(self, requests: Sequence[Request]) -> int:
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        ticket = self._tickets_made = self._tickets_made + 1
+        self._calls[ticket] = [None] * len(requests)
+        # rendered as LLM.generate renders them (the same engine inputs, so the same answers as a generate call)
+        prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_token_ids)) for r in requests]
+        inputs = self.llm._preprocess_cmpl(prompts) if prompts else []
+        added: list[str] = []
+        try:
+            for i, (request, engine_input) in enumerate(zip(requests, inputs, strict=True)):
+                params = self.sampling_params(request)
+                params.output_kind = RequestOutputKind.FINAL_ONLY  # as LLM.generate asks: only the finished output
+                rid = f"magpie-{ticket}-{i}"
+                self.llm.llm_engine.add_request(rid, engine_input, params)
+                added.append(rid)
+                self._where[rid] = (ticket, i)
+        except BaseException:
+            self.llm.llm_engine.abort_request(added, internal=False)
+            for rid in added:
+                self._where.pop(rid, None)
+            del self._calls[ticket]
+            raise
+        return ticket
+
+    def advance(self) -> list[tuple[int, list[list[Completion]]]]:
+        from magpie_exp.console import tick
+
+        if self._where:
+            try:
+                if not self.llm.llm_engine.has_unfinished_requests():
+                    raise RuntimeError(f"vLLM holds none of the {len(self._where)} request(s) submitted to it")
+                for out in self.llm.llm_engine.step():
+                    if out.finished and out.request_id in self._where:
+                        ticket, i = self._where.pop(out.request_id)
+                        self._calls[ticket][i] = _completions(out)
+                        tick(len(out.outputs))
+            except BaseException:
+                self.abort()
+                raise
+        done = [ticket for ticket, answers in self._calls.items() if all(a is not None for a in answers)]
+        return [(ticket, self._calls.pop(ticket)) for ticket in done]
+
+    def abort(self) -> None:
+        if self._where:
+            self.llm.llm_engine.abort_request(list(self._where), internal=False)
+        self._where.clear()
+        self._calls.clear()
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)
@@ -176,6 +230,12 @@ class VLLMEngine(Engine):
         except Exception as exc:  # best effort: the process exit frees it anyway
             log.debug("vLLM shutdown: %s", exc)
         self.llm = None
+
+
+def _completions(out: Any) -> list[Completion]:
+    """One vLLM RequestOutput's completions."""
+    return [Completion(o.text, len(o.token_ids), o.finish_reason or "length", _top_logprobs(o.logprobs))
+            for o in out.outputs]
 
 
 def _top_logprobs(positions: Any) -> tuple[dict[int, float], ...]:

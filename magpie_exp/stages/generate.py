@@ -31,7 +31,7 @@ from magpie_exp.diversity import diversity
 from magpie_exp.engines import Completion, Engine, Request, SamplingSpec
 from magpie_exp.engines.pool import EnginePool
 from magpie_exp.generators import Side, load_side
-from magpie_exp.lookahead import BusyClock, LookAhead, waves
+from magpie_exp.lookahead import BusyClock, LookAhead, Stream, waves
 from magpie_exp.records import EXPORT_FILES, Record, export_records, record_id
 from magpie_exp.sanitize import sanitize_instruction
 from magpie_exp.files import stable_seed
@@ -159,6 +159,22 @@ class GenerateStage:
         engines = [self._engine(side) for side in (self.ins, self.res)]
         return self.g.waves_in_flight if all(engine.concurrent for engine in engines) else 1
 
+    def stream(self) -> Stream | None:
+        """How a wave hands requests on where every engine of the stage streams (vLLM in process) and
+        ``generate.stream`` is on: each shard's, as soon as it asks; else None (a call per step of the wave)."""
+        engines = [self._engine(side) for side in (self.ins, self.res)]
+        return Stream(self._engine, self._engine_step) if self.g.stream and all(e.streams for e in engines) else None
+
+    def _engine_step(self, engine: Engine) -> list[tuple[int, list[list[Completion]]]]:
+        """One step of a streaming engine (``Engine.advance``); engine seconds and tokens as ``_engine_call``."""
+        with self.clock:
+            finished = engine.advance()
+        if finished:
+            tokens = self.clock.count(sum(c.token_count for _, answers in finished for out in answers for c in out))
+            if self.progress is not None:
+                self.progress.note(f"{tokens / max(self.clock.seconds(), 1e-9):.0f} tok/s")
+        return finished
+
     def make_waves(self, todo: list[list[ShardPlan]], seen: set[str],
                    write: Callable[[ShardPlan, list[Record], dict[str, Any]], None]) -> None:
         """Make the shards of the waves ``todo`` in order and ``write`` each (``LookAhead.make``).
@@ -172,8 +188,10 @@ class GenerateStage:
         a later shard drew first) goes to the engine then. A seeded request gets the same answer in any batch
         (bf16 aside: there batching changes draws, as it always has)."""
         self.start_engines()  # on this thread, never in a look-ahead thread
-        self.ahead.make(todo, seen, self.make_shard, self._engine_call, write, self.in_flight(),
-                        expect=self.progress.expect if self.progress is not None else None)
+        in_flight = self.in_flight()
+        self.ahead.make(todo, seen, self.make_shard, self._engine_call, write, in_flight,
+                        expect=self.progress.expect if self.progress is not None else None,
+                        stream=self.stream() if in_flight == 1 else None)
 
     # -- sampling specs -------------------------------------------------------------------------------------------
     def _instruction_spec(self, cell: GridCell, n: int, seed: int) -> SamplingSpec:

@@ -42,7 +42,7 @@ def _engine(cfg: MagpieConfig) -> dict[str, Any]:
 
 def generate_payload(cfg: MagpieConfig) -> dict[str, Any]:
     gen = as_plain(cfg.generate)
-    for key in ("export", "include_system", "engine_batch", "waves_in_flight"):  # neither exports nor batching change the records
+    for key in ("export", "include_system", "engine_batch", "waves_in_flight", "stream"):  # neither exports nor batching change the records
         gen.pop(key)
     return {"stage": "generate", "stage_version": VERSIONS["generate"], "seed": cfg.seed,
             "generator": as_plain(cfg.generator),
