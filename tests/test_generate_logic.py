@@ -340,3 +340,40 @@ def test_a_streaming_engine_that_fails_fails_the_run_with_nothing_written(tmp_pa
         run_generate(cfg, engines={"generator": engine}, show_progress=False)
     assert engine.aborted >= 1 and not engine.waiting
     assert not list((Path(cfg.paths.outputs) / "stages" / "generate").glob("*/shards/*.jsonl"))
+
+
+def test_a_streamed_run_interrupted_mid_window_resumes_with_nothing_lost_or_left_in_the_engine(tmp_path: Path,
+                                                                                              monkeypatch) -> None:
+    """Ctrl-C while the window has shards drawn ahead and calls in the engine: the shards written stay, the calls
+    still in the engine are dropped (the engine is shared with later stages), and the same command writes exactly
+    the records of a run never interrupted."""
+    import pytest
+
+    from magpie_exp.shards import ShardStore
+
+    common = ["generate.count=24", "generate.shard_size=6", "generate.multi_turn.fraction=0.5", "generate.engine_batch=12"]
+    tokenizer = _tokenizer(_cfg(tmp_path))
+    clean = run_generate(_cfg(tmp_path / "clean", *common), engines={"generator": FakeEngine(tokenizer, _shared_script,
+                                                                                             streams=True)},
+                         show_progress=False)
+    cfg = _cfg(tmp_path / "killed", *common)
+    engine = FakeEngine(tokenizer, _shared_script, streams=True)
+    write_shard, written = ShardStore.write_shard, []
+
+    def interrupted(self, name, records, meta):  # noqa: ANN001, ANN202
+        if len(written) == 2:
+            assert engine.waiting  # the next shards' calls are in the engine
+            raise KeyboardInterrupt
+        written.append(name)
+        return write_shard(self, name, records, meta)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ShardStore, "write_shard", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_generate(cfg, engines={"generator": engine}, show_progress=False)
+    assert not engine.waiting  # dropped: nothing of the stopped run stays in the engine
+    again = run_generate(cfg, engines={"generator": engine}, show_progress=False)
+    assert again.stage_dir.name == clean.stage_dir.name
+    assert (again.stage_dir / "export" / "messages.jsonl").read_bytes() == \
+        (clean.stage_dir / "export" / "messages.jsonl").read_bytes()
+    assert _shard_stats(again.stage_dir) == _shard_stats(clean.stage_dir)
