@@ -361,8 +361,7 @@ def test_a_streamed_run_interrupted_mid_window_resumes_with_nothing_lost_or_left
     write_shard, written = ShardStore.write_shard, []
 
     def interrupted(self, name, records, meta):  # noqa: ANN001, ANN202
-        if len(written) == 2:
-            assert engine.waiting  # the next shards' calls are in the engine
+        if written and engine.waiting:  # a shard written, and later shards' calls in the engine
             raise KeyboardInterrupt
         written.append(name)
         return write_shard(self, name, records, meta)
@@ -371,7 +370,7 @@ def test_a_streamed_run_interrupted_mid_window_resumes_with_nothing_lost_or_left
         patch.setattr(ShardStore, "write_shard", interrupted)
         with pytest.raises(KeyboardInterrupt):
             run_generate(cfg, engines={"generator": engine}, show_progress=False)
-    assert not engine.waiting  # dropped: nothing of the stopped run stays in the engine
+    assert 1 <= len(written) < 4 and not engine.waiting  # dropped: nothing of the stopped run stays in the engine
     again = run_generate(cfg, engines={"generator": engine}, show_progress=False)
     assert again.stage_dir.name == clean.stage_dir.name
     assert (again.stage_dir / "export" / "messages.jsonl").read_bytes() == \
