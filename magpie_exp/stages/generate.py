@@ -182,7 +182,8 @@ class GenerateStage:
         Each wave's shards are made once in look-ahead threads, side by side, against the ids accepted before the
         wave and by its earlier shards so far; every step's requests of all its shards (instructions, answers,
         follow-ups) go to the engine together, so the engine works on ``generate.engine_batch`` records at a
-        time whatever the shard size. Nothing the look-ahead makes is kept but the engine's answers, keyed by
+        time whatever the shard size; on engines that stream (``stream``), each shard's requests go in as soon
+        as it asks, and a window of ``engine_batch`` records slides over the run. Nothing the look-ahead makes is kept but the engine's answers, keyed by
         the exact request (prompt ids and sampling, seed included): the shards are then made in order exactly as
         without it, and a request the look-ahead did not foresee (an earlier shard's late refill took a question
         a later shard drew first) goes to the engine then. A seeded request gets the same answer in any batch
