@@ -216,13 +216,15 @@ class _Seen:
 
 class _AheadSeen:
     """The ids a look-ahead shard must not repeat: those accepted before the wave and, as far as the look-ahead
-    has got, by the wave's earlier shards (made one by one, they would all be in ``seen`` by then)."""
+    has got, by the wave's earlier shards (made one by one, they would all be in ``seen`` by then). ``first``:
+    the first shard not written yet (a :class:`Window`'s; the written ones' ids are in ``before``)."""
 
-    def __init__(self, before: set[str], accepted: list[set[str]], index: int) -> None:
-        self.before, self.accepted, self.index = before, accepted, index
+    def __init__(self, before: set[str], accepted: list[set[str]], index: int,
+                 first: Callable[[], int] = lambda: 0) -> None:
+        self.before, self.accepted, self.index, self.first = before, accepted, index, first
 
     def __contains__(self, rid: object) -> bool:
-        return rid in self.before or any(rid in ids for ids in self.accepted[:self.index + 1])
+        return rid in self.before or any(rid in self.accepted[i] for i in range(self.first(), self.index + 1))
 
     def add(self, rid: str) -> None:
         self.accepted[self.index].add(rid)
@@ -338,6 +340,7 @@ class Window(Wave):
         self.running: dict[tuple[int, int], tuple[Engine, int, Any, list[Request]]] = {}
         self.early: list[tuple[Engine, int, list[list[Completion]]]] = []  # finished while the real pass waited
         self.engines: dict[int, Engine] = {}  # every engine it submitted to (all dropped from if the run stops)
+        self.written = 0  # shards made for real and written so far
 
     def _submit(self, engine: Engine, requests: list[Request]) -> int:
         self.engines[id(engine)] = engine
@@ -357,7 +360,7 @@ class Window(Wave):
         index = len(self.plans)
         self.plans.append(plan)
         self.accepted.append(set())
-        self.seen.append(_AheadSeen(self.before, self.accepted, index))
+        self.seen.append(_AheadSeen(self.before, self.accepted, index, lambda: self.written))
         self.go.append(threading.Semaphore(0))
         self.keys_of.append(set())
         self.over.append(False)
@@ -404,36 +407,37 @@ class Window(Wave):
     def make(self, plans: Sequence[Plan], capacity: int, write: Callable[[Any, Any, dict[str, Any]], None],
              expect: Callable[[int], None] | None = None) -> None:
         """Make and write every shard of ``plans``, in order, keeping about ``capacity`` records drawn ahead."""
-        upcoming, written, since = deque(plans), 0, time.perf_counter()
+        upcoming, since = deque(plans), time.perf_counter()
         self.ahead.through = self._through_stream
         try:
-            while upcoming or written < len(self.plans):
-                held = sum(p.size for p in self.plans[written:])
-                while upcoming and (written == len(self.plans) or held + upcoming[0].size <= capacity):
+            while upcoming or self.written < len(self.plans):
+                held = sum(p.size for p in self.plans[self.written:])
+                while upcoming and (self.written == len(self.plans) or held + upcoming[0].size <= capacity):
                     held += upcoming[0].size
                     self.admit(upcoming.popleft())
                 if expect is not None:
                     expect(held)
-                if self.over[written]:  # the oldest shard is drawn: made for real, written, forgotten
-                    plan = self.plans[written]
+                if self.over[self.written]:  # the oldest shard is drawn: made for real, written, forgotten
+                    plan = self.plans[self.written]
                     with self.ahead.turn:
                         records, meta = self.make_shard(plan, self.before)
                     now = time.perf_counter()
                     meta["seconds"] = round(now - since, 3)  # the shards' seconds add up to the stage's
                     since = now
                     write(plan, records, meta)
-                    for key in self.keys_of[written]:
+                    for key in self.keys_of[self.written]:
                         self.ahead.memo.pop(key, None)
-                    self.accepted[written].clear()  # in ``seen`` now, as the real pass accepted them
-                    written += 1
+                    self.keys_of[self.written] = set()  # a long run keeps no prompt of the shards it wrote
+                    self.accepted[self.written].clear()  # in ``seen`` now, as the real pass accepted them
+                    self.written += 1
                     while self.early:
                         self._deliver(*self.early.pop(0))
                 elif self.running:
                     self._advance()
                 else:
-                    raise RuntimeError(f"generate: the look-ahead of shard {self.plans[written].name} waits for nothing")
+                    raise RuntimeError(f"generate: the look-ahead of shard {self.plans[self.written].name} waits for nothing")
         finally:
             self.ahead.through = None
-            if upcoming or written < len(self.plans):  # stopped early: nothing of it may stay in the engines
+            if upcoming or self.written < len(self.plans):  # stopped early: nothing of it may stay in the engines
                 for engine in self.engines.values():
                     engine.abort()
