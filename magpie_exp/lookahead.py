@@ -292,7 +292,11 @@ class Wave:
         for request, output in zip(requests, outputs, strict=True):
             if (memo := memo_key(side, request)) is not None:
                 self.ahead.memo[memo] = output
-                self.keys.add(memo)
+                self._drawn(index).add(memo)
+
+    def _drawn(self, index: int) -> set[tuple]:
+        """Where the memo keys shard ``index`` drew are listed (to forget them once written): the wave's."""
+        return self.keys
 
     def run(self) -> None:
         threads = [self._thread(i) for i in range(len(self.plans))]
@@ -349,11 +353,8 @@ class Window(Wave):
     def _ended(self, index: int) -> None:
         self.over[index] = True
 
-    def _keep(self, index: int, side: Any, requests: list[Request], outputs: list[list[Completion]]) -> None:
-        for request, output in zip(requests, outputs, strict=True):
-            if (memo := memo_key(side, request)) is not None:
-                self.ahead.memo[memo] = output
-                self.keys_of[index].add(memo)
+    def _drawn(self, index: int) -> set[tuple]:
+        return self.keys_of[index]
 
     def admit(self, plan: Plan) -> None:
         """Start drawing ``plan`` ahead: its first requests go to the engine now."""
